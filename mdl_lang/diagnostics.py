@@ -39,8 +39,7 @@ CODES: dict[str, str] = {
     "E0110": "duplicate port",
     "E0111": "duplicate clause name",
     "E0112": "interface without ports",
-    "E0113": "duplicate binding",
-    "E0114": "module or data in a place that needs the other",
+    "E0113": "member not allowed here",
     "E0115": "recursive definition",
     "E0116": "unreadable file",
     # label sets

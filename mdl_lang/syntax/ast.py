@@ -211,7 +211,7 @@ class BallQuantifier:
 
     var: Identifier
     radius: Expr
-    center: Expr
+    center: Name
     norm: Identifier | None
     body: Expr
     span: Span = _span()

@@ -401,7 +401,8 @@ class _Builder(Transformer):
 
     def forall_ball(self, meta, children):
         var, radius, center, norm, body = children
-        return ast.BallQuantifier(self._id(var), radius, center, norm, body, self._span(meta))
+        center_name = ast.Name(str(center), _token_span(self.file, center))
+        return ast.BallQuantifier(self._id(var), radius, center_name, norm, body, self._span(meta))
 
     def ball_norm(self, meta, children):
         return self._id(children[0])
@@ -490,6 +491,9 @@ class _Builder(Transformer):
 
     def name(self, meta, children):
         return ast.Name(str(children[0]), self._span(meta))
+
+    def dotted_name(self, meta, children):
+        return ast.Name(".".join(str(token) for token in children), self._span(meta))
 
     def self_(self, meta, children):
         return ast.SelfRef(self._span(meta))

@@ -1,0 +1,159 @@
+"""The `mdl` command line: `check` and `fmt` (further commands join as their issues land).
+
+Exit codes, for every command: 0 everything checked holds; 1 a spec error or
+a failed clause; 2 usage or environment error. No input ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mdl_lang.diagnostics import Diagnostic, SourceMap, render_all
+from mdl_lang.semantics.checker import CheckResult, check_paths, display_path, expand_paths
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+SCHEMA = "mdl-report/1"
+
+
+class UsageError(Exception):
+    """A bad flag or a missing file: exit 2 with a one-line message."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return EXIT_USAGE if exit_.code not in (0, None) else EXIT_OK
+    try:
+        return args.handler(args)
+    except UsageError as error:
+        print(f"mdl: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mdl: interrupted", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as error:  # noqa: BLE001 - a user must never see a traceback
+        print(f"mdl: internal error: {type(error).__name__}: {error}", file=sys.stderr)
+        print("mdl: this is a bug in mdl; please report it with the spec that caused it", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mdl", description="Contracts and interfaces for modular deep learning.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="parse, resolve and check specs")
+    check.add_argument("paths", nargs="+", type=Path, metavar="PATH", help=".mdl files or folders of them")
+    check.add_argument("--format", choices=("text", "json"), default="text", help="output for people or machines")
+    check.add_argument("--strict", action="store_true", help="treat warnings and unknown verdicts as failures")
+    check.add_argument("--root", type=Path, help="the spec root imports must stay in (default: the inputs' folder)")
+    check.set_defaults(handler=_run_check)
+
+    fmt = commands.add_parser("fmt", help="rewrite specs in the canonical layout")
+    fmt.add_argument("paths", nargs="+", type=Path, metavar="PATH", help=".mdl files or folders of them")
+    fmt.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file is not formatted")
+    fmt.set_defaults(handler=_run_fmt)
+    return parser
+
+
+def _existing(paths: list[Path]) -> list[Path]:
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        raise UsageError(f"no such file or directory: {', '.join(missing)}")
+    files = expand_paths(paths)
+    if not files:
+        raise UsageError(f"no .mdl files in {', '.join(str(path) for path in paths)}")
+    return files
+
+
+# ---------------------------------------------------------------- check
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    files = _existing(args.paths)
+    if args.root is not None and not args.root.is_dir():
+        raise UsageError(f"--root {args.root} is not a directory")
+    result = check_paths(args.paths, args.root)
+    failed = result.has_errors or (args.strict and bool(result.diagnostics))
+    if args.format == "json":
+        print(json.dumps(check_report(result, files), indent=2))
+    else:
+        _print_check_text(result, files)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def check_report(result: CheckResult, files: list[Path]) -> dict[str, object]:
+    """The mdl-report/1 object of `mdl check`: one static result per file checked."""
+    shown = [display_path(path.resolve()) for path in files]
+    failing = {d.span.file for d in result.diagnostics if d.is_error}
+    undecided = {d.span.file for d in result.diagnostics if d.code == "W0501"}
+    results = [
+        {
+            "file": file,
+            "backend": "static",
+            "verdict": "fail" if file in failing else ("unknown" if file in undecided else "pass"),
+        }
+        for file in shown
+    ]
+    summary = {verdict: sum(r["verdict"] == verdict for r in results) for verdict in ("pass", "fail", "unknown")}
+    summary["skip"] = 0
+    return {
+        "schema": SCHEMA,
+        "command": "check",
+        "diagnostics": [d.to_json() for d in result.diagnostics],
+        "results": results,
+        "summary": summary,
+    }
+
+
+def _print_check_text(result: CheckResult, files: list[Path]) -> None:
+    if result.diagnostics:
+        print(render_all(result.diagnostics, result.sources))
+    else:
+        count = len(files)
+        print(f"checked {count} file{'s' if count != 1 else ''}: no problems found")
+
+
+# ---------------------------------------------------------------- fmt
+
+
+def _run_fmt(args: argparse.Namespace) -> int:
+    from mdl_lang.syntax.format import format_text
+
+    files = _existing(args.paths)
+    problems: list[Diagnostic] = []
+    sources = SourceMap()
+    unformatted: list[str] = []
+    for path in files:
+        shown = display_path(path.resolve())
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"cannot read {shown}: {error}") from error
+        sources.add(shown, text)
+        formatted = format_text(text, shown)
+        if formatted.text is None:
+            problems.extend(formatted.diagnostics)
+            continue
+        if formatted.text != text:
+            unformatted.append(shown)
+            if not args.check:
+                path.write_text(formatted.text, encoding="utf-8")
+    if problems:
+        print(render_all(problems, sources))
+    for shown in unformatted:
+        print(f"{'would reformat' if args.check else 'reformatted'} {shown}")
+    if problems or (args.check and unformatted):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""The semantic driver: read files, follow imports, check every declaration, build the IR.
+
+Imports are relative to the importing file and must stay inside the spec
+root. Each file is read, parsed and checked once per run however often it
+is imported; diagnostics are kept per check and reported once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mdl_lang import ir
+from mdl_lang.diagnostics import Diagnostic, SourceMap
+from mdl_lang.semantics.components import Components
+from mdl_lang.semantics.compose import Compositions
+from mdl_lang.semantics.context import Env, FileScope, Reporter, Symbol
+from mdl_lang.semantics.declarations import Declarations
+from mdl_lang.span import Span
+from mdl_lang.syntax import ast
+from mdl_lang.syntax.parser import keywords, parse
+
+# Words of the cost sub-language stay usable as names elsewhere (`s`, `ms`, `batch`...).
+CONTEXTUAL_WORDS = frozenset({"s", "ms", "us", "per", "sample", "at", "batch", "params", "flops", "latency",
+                              "confidence", "overlap", "of", "with", "on", "as"})
+
+
+def reserved_words() -> frozenset[str]:
+    return keywords() - CONTEXTUAL_WORDS
+
+
+@dataclass
+class CheckResult:
+    """Everything one run of the checker found."""
+
+    specs: dict[str, ir.Spec] = field(default_factory=dict)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    sources: SourceMap = field(default_factory=SourceMap)
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.is_error for d in self.diagnostics)
+
+
+def display_path(path: Path) -> str:
+    """The path as a user would type it: relative to the working directory when inside it."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+class Checker:
+    """Checks files under one spec root; reuse one Checker to check many files in one run."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.reporter = Reporter()
+        self.sources = SourceMap()
+        self.declarations = Declarations(self.reporter)
+        self.components = Components(self.declarations)
+        self.compositions = Compositions(self.components)
+        self._scopes: dict[Path, FileScope | None] = {}
+        self._loading: list[Path] = []
+        self._specs: dict[str, ir.Spec] = {}
+
+    def check(self, path: Path) -> ir.Spec | None:
+        scope = self._load(path.resolve(), None)
+        return None if scope is None else self._spec(scope)
+
+    def result(self) -> CheckResult:
+        from mdl_lang.diagnostics import sort_key
+
+        return CheckResult(dict(self._specs), sorted(self.reporter.diagnostics, key=sort_key), self.sources)
+
+    # ------------------------------------------------------------ files and imports
+
+    def _load(self, path: Path, importer: ast.Import | None) -> FileScope | None:
+        if path in self._scopes:
+            return self._scopes[path]
+        shown = display_path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            span = importer.span if importer else Span(shown, 1, 1, 1, 1)
+            code = "E0103" if importer and isinstance(error, FileNotFoundError) else "E0116"
+            self.reporter.error(code, f"cannot read `{shown}`: {reason}", span)
+            self._scopes[path] = None
+            return None
+        self.sources.add(shown, text)
+        parsed = parse(text, shown)
+        for diagnostic in parsed.diagnostics:
+            self.reporter.diagnostics.append(diagnostic)
+        if parsed.tree is None:
+            self._scopes[path] = None
+            return None
+        scope = FileScope(shown, parsed.tree)
+        self._scopes[path] = scope
+        self._declare(scope)
+        self._loading.append(path)
+        try:
+            self._follow_imports(scope, path)
+        finally:
+            self._loading.pop()
+        return scope
+
+    def _follow_imports(self, scope: FileScope, path: Path) -> None:
+        for decl in scope.tree.decls:
+            if not isinstance(decl, ast.Import):
+                continue
+            target = (path.parent / decl.path).resolve()
+            if not target.is_relative_to(self.root):
+                self.reporter.error(
+                    "E0104", f"`{decl.path}` is outside the spec root `{display_path(self.root)}`", decl.span,
+                    help="imports stay inside the spec root; pass `--root` to widen it",
+                )
+                scope.imports[decl.alias.name] = None
+                continue
+            if target in self._loading:
+                cycle = [*self._loading[self._loading.index(target):], target]
+                self.reporter.error(
+                    "E0105", "import cycle: " + " -> ".join(display_path(p) for p in cycle), decl.span,
+                    help="move what both files need into a third file that both import",
+                )
+                scope.imports[decl.alias.name] = None
+                continue
+            scope.imports[decl.alias.name] = self._load(target, decl)
+
+    def _declare(self, scope: FileScope) -> None:
+        """Enter every top-level name of a file, reporting duplicates and keywords."""
+        for decl in scope.tree.decls:
+            for kind, identifier, node in _declared_names(decl):
+                self._enter(scope, kind, identifier, node)
+
+    def _enter(self, scope: FileScope, kind: str, identifier: ast.Identifier, node: object) -> None:
+        name = identifier.name
+        if name in reserved_words():
+            self.reporter.error(
+                "E0106", f"`{name}` is a keyword and cannot name a declaration", identifier.span,
+                help=f"choose another name, e.g. `{name}_`",
+            )
+            return
+        if name in scope.symbols:
+            first = scope.symbols[name]
+            self.reporter.error(
+                "E0102", f"`{name}` is declared twice", identifier.span,
+                help=f"the first `{name}` is declared at {first.span}",
+            )
+            return
+        scope.symbols[name] = Symbol(kind, name, node, identifier.span, scope)
+
+    # ------------------------------------------------------------ declarations
+
+    def _spec(self, scope: FileScope) -> ir.Spec:
+        if scope.path in self._specs:
+            return self._specs[scope.path]
+        imports = {alias: self._spec(target) for alias, target in scope.imports.items() if target is not None}
+        label_sets: dict[str, ir.LabelSet] = {}
+        dims: dict[str, ir.Dim] = {}
+        modules: dict[str, ir.Module] = {}
+        compositions: dict[str, ir.Composition] = {}
+        data: dict[str, ir.Data] = {}
+        interfaces: dict[str, ir.Interface] = {}
+        self._check_batch_dims(scope)
+        obligations_before = len(self.compositions.obligations)
+        for symbol in scope.symbols.values():
+            value = self._check_symbol(symbol)
+            if value is None:
+                continue
+            target = {
+                "labels": label_sets, "dim": dims, "module": modules, "compose": compositions, "data": data,
+                "interface": interfaces,
+            }.get(symbol.kind)
+            if target is not None:
+                target[symbol.name] = value
+        self._check_reserved_members(scope)
+        spec = ir.Spec(
+            scope.path, scope.tree.spec.name.name if scope.tree.spec else None, label_sets, dims, modules,
+            compositions, data, interfaces, imports, tuple(self.compositions.obligations[obligations_before:]),
+        )
+        self._specs[scope.path] = spec
+        return spec
+
+    def _check_symbol(self, symbol: Symbol):
+        if symbol.kind == "labels":
+            return self.declarations.declared_labels(symbol)
+        if symbol.kind == "dim":
+            return self.declarations.declared_dim(symbol)
+        if symbol.kind == "type":
+            return self._check_type(symbol)
+        if symbol.kind == "interface":
+            return self.components.abstract_interface(symbol)
+        if symbol.kind == "module":
+            return self.components.module(symbol)
+        if symbol.kind == "data":
+            return self.components.data(symbol)
+        if symbol.kind == "compose":
+            return self.compositions.composition(symbol)
+        return None
+
+    def _check_type(self, symbol: Symbol) -> ir.TensorType | None:
+        decl: ast.TypeDecl = symbol.node  # type: ignore[assignment]
+        params = {param.name: ir.LabelSet((), param.name, opaque=True) for param in decl.params}
+        return self.declarations.type_expr(decl.value, Env(symbol.scope, params))
+
+    def _check_batch_dims(self, scope: FileScope) -> None:
+        batches = [
+            item for decl in scope.tree.decls if isinstance(decl, ast.DimDecl)
+            for item in decl.items if item.kind == "batch"
+        ]
+        for extra in batches[1:]:
+            self.reporter.error(
+                "E0301", f"`{extra.name.name}` is a second batch dimension", extra.span,
+                help=f"a file has one batch dimension; `{batches[0].name.name}` is declared at "
+                f"{batches[0].name.span}",
+            )
+
+    def _check_reserved_members(self, scope: FileScope) -> None:
+        reserved = reserved_words()
+        for decl in scope.tree.decls:
+            for identifier in _member_names(decl):
+                if identifier.name in reserved:
+                    self.reporter.error(
+                        "E0106", f"`{identifier.name}` is a keyword and cannot be used as a name", identifier.span,
+                        help=f"choose another name, e.g. `{identifier.name}_`",
+                    )
+
+
+def _declared_names(decl: ast.Decl):
+    """(kind, identifier, node) for each name a top-level declaration introduces."""
+    if isinstance(decl, ast.Import):
+        yield "import", decl.alias, decl
+    elif isinstance(decl, ast.LabelsDecl):
+        yield "labels", decl.name, decl
+    elif isinstance(decl, ast.DimDecl):
+        for item in decl.items:
+            yield "dim", item.name, item
+    elif isinstance(decl, ast.TypeDecl):
+        yield "type", decl.name, decl
+    elif isinstance(decl, ast.InterfaceDecl):
+        yield "interface", decl.name, decl
+    elif isinstance(decl, ast.ModuleDecl):
+        yield "module", decl.name, decl
+    elif isinstance(decl, ast.DataDecl):
+        yield "data", decl.name, decl
+    elif isinstance(decl, ast.ComposeDecl):
+        yield "compose", decl.name, decl
+
+
+def _member_names(decl: ast.Decl):
+    """Ports, clause names, generic parameters: names a declaration binds inside itself."""
+    params = getattr(decl, "params", ())
+    yield from params
+    for member in getattr(decl, "members", ()):
+        if isinstance(member, ast.Port):
+            yield member.name
+        elif isinstance(member, ast.Clause) and member.name is not None:
+            yield member.name
+
+
+def check_paths(paths: list[Path], root: Path | None = None) -> CheckResult:
+    """Check files (directories are searched for `*.mdl`) under one spec root."""
+    files = expand_paths(paths)
+    checker = Checker(root or default_root(paths))
+    for path in files:
+        checker.check(path)
+    return checker.result()
+
+
+def expand_paths(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(path.rglob("*.mdl")))
+        else:
+            files.append(path)
+    return files
+
+
+def default_root(paths: list[Path]) -> Path:
+    """The spec root when none is given: the deepest directory holding every path given."""
+    folders = [str((path if path.is_dir() else path.parent).resolve()) for path in paths]
+    return Path(os.path.commonpath(folders)) if folders else Path.cwd()

@@ -1,0 +1,279 @@
+"""Interfaces, modules and data sets: instantiation, members and their checks."""
+
+from __future__ import annotations
+
+from mdl_lang import ir
+from mdl_lang.semantics.clauses import ClauseTyper, port_value_type
+from mdl_lang.semantics.context import Env, FileScope, Symbol
+from mdl_lang.semantics.declarations import Declarations
+from mdl_lang.semantics.shapes import dims_compatible
+from mdl_lang.span import Span
+from mdl_lang.syntax import ast
+
+COST_METRICS = ("params", "flops", "latency")
+TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _args_key(args: tuple) -> tuple:
+    return tuple(repr(arg) for arg in args)
+
+
+class Components:
+    """Builds the IR of interfaces, modules and data sets of every file in one check."""
+
+    def __init__(self, declarations: Declarations) -> None:
+        self.declarations = declarations
+        self.reporter = declarations.reporter
+        self.typer = ClauseTyper(declarations)
+        self._interfaces: dict[tuple, ir.Interface | None] = {}
+        self._modules: dict[tuple[str, str], ir.Module | None] = {}
+        self._data: dict[tuple[str, str], ir.Data | None] = {}
+
+    # ------------------------------------------------------------ interfaces
+
+    def interface_ref(self, ref: ast.TypeRef, env: Env) -> ir.Interface | None:
+        """The interface a module or composition declares, instantiated with its arguments."""
+        symbol = env.scope.lookup(ref.name)
+        name = ref.name.dotted
+        if symbol is None:
+            self.declarations.undefined(name, ref.name.span, env.scope, "interface", ("interface",))
+            return None
+        if symbol.kind != "interface":
+            self.declarations.wrong_kind(name, ref.name.span, symbol, "an interface")
+            return None
+        decl: ast.InterfaceDecl = symbol.node  # type: ignore[assignment]
+        params = self.declarations.bind_params(decl.params, ref.args, ref.span, env, name)
+        if params is None:
+            return None
+        return self.instantiate(symbol, params)
+
+    def instantiate(self, symbol: Symbol, params: dict[str, ir.LabelSet | ir.Dim]) -> ir.Interface | None:
+        key = (symbol.scope.path, symbol.name, _args_key(tuple(params.values())))
+        if key not in self._interfaces:
+            self._interfaces[key] = None  # a self-referring interface finds None, not a loop
+            self._interfaces[key] = self._build_interface(symbol, params)
+        return self._interfaces[key]
+
+    def abstract_interface(self, symbol: Symbol) -> ir.Interface | None:
+        """The interface checked before instantiation: generic parameters stay opaque."""
+        decl: ast.InterfaceDecl = symbol.node  # type: ignore[assignment]
+        params = {param.name: ir.LabelSet((), param.name, opaque=True) for param in decl.params}
+        return self.instantiate(symbol, params)
+
+    def _build_interface(self, symbol: Symbol, params: dict) -> ir.Interface | None:
+        decl: ast.InterfaceDecl = symbol.node  # type: ignore[assignment]
+        env = Env(symbol.scope, params)
+        ports = self._ports(decl, env)
+        if ports is None:
+            return None
+        env = Env(symbol.scope, params, {port.name: port for port in ports})
+        origin = f"interface {symbol.name}"
+        clauses, costs = self.clauses_and_costs(decl.members, env, origin, allow=(ast.Port,))
+        shown_args = ", ".join(_describe_arg(value) for value in params.values())
+        name = f"{symbol.name}[{shown_args}]" if params else symbol.name
+        return ir.Interface(name, symbol.name, tuple(params.values()), ports, clauses, costs, decl.span)
+
+    def _ports(self, decl: ast.InterfaceDecl, env: Env) -> tuple[ir.Port, ...] | None:
+        ports: list[ir.Port] = []
+        seen: dict[str, Span] = {}
+        ok = True
+        for member in decl.members:
+            if not isinstance(member, ast.Port):
+                continue
+            if member.name.name in seen:
+                self.reporter.error(
+                    "E0110", f"port `{member.name.name}` is declared twice", member.name.span,
+                    help=f"the first `{member.name.name}` is at {seen[member.name.name]}",
+                )
+                ok = False
+                continue
+            seen[member.name.name] = member.name.span
+            port_type = self.declarations.type_expr(member.type, env)
+            if port_type is None:
+                ok = False
+                continue
+            ports.append(ir.Port(member.name.name, member.direction, port_type, member.span))
+        directions = {port.direction for port in ports}
+        if ok and directions != {"input", "output"}:
+            missing = "an input" if "input" not in directions else "an output"
+            self.reporter.error(
+                "E0112", f"interface `{decl.name.name}` has no {missing[3:] if missing.startswith('an ') else missing}"
+                f" port", decl.name.span, help="declare ports with `input x: TYPE` and `output y: TYPE`",
+            )
+            ok = False
+        return tuple(ports) if ok else None
+
+    # ------------------------------------------------------------ members
+
+    def clauses_and_costs(
+        self, members, env: Env, origin: str, allow: tuple[type, ...] = (), taken: dict[str, Span] | None = None,
+    ) -> tuple[tuple[ir.Clause, ...], tuple[ir.CostClause, ...]]:
+        """Type every clause and cost item of a member list; report members that do not belong."""
+        clauses: list[ir.Clause] = []
+        costs: list[ir.CostClause] = []
+        names: dict[str, Span] = dict(taken or {})
+        for member in members:
+            if isinstance(member, ast.Clause):
+                if member.name is not None:
+                    self._claim_name(member.name.name, member.name.span, names)
+                typed = self.typer.clause(member, env, origin)
+                if typed is not None:
+                    clauses.append(typed)
+            elif isinstance(member, ast.CostBlock):
+                for item in member.items:
+                    cost = self.cost(item, env, origin)
+                    if cost is not None:
+                        self._claim_name(cost.name, item.span, names)
+                        costs.append(cost)
+            elif not isinstance(member, allow):
+                self._misplaced(member, origin)
+        return tuple(clauses), tuple(costs)
+
+    def _claim_name(self, name: str, span: Span, names: dict[str, Span]) -> None:
+        if name in names:
+            self.reporter.error(
+                "E0111", f"clause name `{name}` is used twice", span,
+                help=f"the first `{name}` is at {names[name]}; clause names identify clauses in reports",
+            )
+        else:
+            names[name] = span
+
+    def _misplaced(self, member, origin: str) -> None:
+        kind, _, _ = origin.partition(" ")
+        if isinstance(member, ast.Port):
+            message = f"a {kind} cannot declare ports; they come from its interface"
+            help_text = "declare the port in the interface"
+        else:
+            message = f"a {kind} cannot have a `python` binding" if kind != "module" else "a second `python` binding"
+            help_text = "a `python` binding belongs to a module or a data set, once"
+        self.reporter.error("E0113", message, member.span, help=help_text)
+
+    def cost(self, item: ast.CostItem, env: Env, origin: str) -> ir.CostClause | None:
+        limit = self._cost_number(item.value, env)
+        if limit is None:
+            return None
+        name = item.metric
+        if item.metric == "params":
+            if item.per_sample or item.unit or item.batch is not None:
+                return self._cost_form(item, "`params` takes a plain count: `params <= 50k`")
+            return ir.CostClause(name, "params", item.op, limit, origin, span=item.span)
+        if item.metric == "flops":
+            if not item.per_sample or item.unit or item.batch is not None:
+                return self._cost_form(item, "FLOPs are counted per sample: `flops <= 2M per sample`")
+            return ir.CostClause(name, "flops", item.op, limit, origin, span=item.span)
+        if item.unit is None or item.per_sample:
+            return self._cost_form(item, "a latency needs a unit and may name a batch: `latency <= 5 ms at batch 32`")
+        batch = 1
+        if item.batch is not None:
+            value = self._cost_number(item.batch, env)
+            if value is None:
+                return None
+            if not float(value).is_integer() or value < 1:
+                return self._cost_form(item, "the batch of a latency clause is a positive integer")
+            batch = int(value)
+        milliseconds = limit * TIME_UNITS[item.unit]
+        return ir.CostClause(name, "latency", item.op, milliseconds, origin, "ms", batch, item.span)
+
+    def _cost_number(self, expr: ast.Expr, env: Env) -> float | None:
+        if isinstance(expr, ast.Number):
+            return float(expr.value)
+        return self.declarations.constant(expr, env)
+
+    def _cost_form(self, item: ast.CostItem, help_text: str) -> None:
+        self.reporter.error("E0418", f"`{item.metric}` clause of the wrong form", item.span, help=help_text)
+
+    # ------------------------------------------------------------ modules and data
+
+    def module(self, symbol: Symbol) -> ir.Module | None:
+        key = (symbol.scope.path, symbol.name)
+        if key not in self._modules:
+            self._modules[key] = None
+            self._modules[key] = self._build_module(symbol)
+        return self._modules[key]
+
+    def _build_module(self, symbol: Symbol) -> ir.Module | None:
+        decl: ast.ModuleDecl = symbol.node  # type: ignore[assignment]
+        env = Env(symbol.scope)
+        interface = self.interface_ref(decl.interface, env)
+        bindings = [member for member in decl.members if isinstance(member, ast.Binding)]
+        for extra in bindings[1:]:
+            self._misplaced(extra, f"module {symbol.name}")
+        members = [member for member in decl.members if member not in bindings[:1]]
+        if interface is None:
+            return None
+        env = Env(symbol.scope, {}, {port.name: port for port in interface.ports})
+        taken = {clause.name: clause.span for clause in interface.clauses}
+        clauses, costs = self.clauses_and_costs(members, env, f"module {symbol.name}", taken=taken)
+        module = ir.Module(
+            symbol.name, interface, clauses, costs, bindings[0].target if bindings else None,
+            symbol.scope.path, decl.span,
+        )
+        self.check_data_clauses(module.all_clauses, interface, symbol.scope)
+        return module
+
+    def data(self, symbol: Symbol) -> ir.Data | None:
+        key = (symbol.scope.path, symbol.name)
+        if key not in self._data:
+            decl: ast.DataDecl = symbol.node  # type: ignore[assignment]
+            env = Env(symbol.scope)
+            input_type = self.declarations.type_expr(decl.input_type, env)
+            labels = self.declarations.label_set(decl.labels, env)
+            self._data[key] = None if input_type is None or labels is None else ir.Data(
+                symbol.name, input_type, labels, decl.binding.target if decl.binding else None,
+                symbol.scope.path, decl.span,
+            )
+        return self._data[key]
+
+    def check_data_clauses(self, clauses, interface: ir.Interface, scope: FileScope) -> None:
+        """Statistical clauses name a data set whose labels and inputs fit the component."""
+        for clause in clauses:
+            if clause.data is None:
+                continue
+            data = self._data_named(clause, scope)
+            if data is None:
+                continue
+            self._check_data_labels(clause, data, interface)
+            self._check_data_inputs(clause, data, interface)
+
+    def _data_named(self, clause: ir.Clause, scope: FileScope) -> ir.Data | None:
+        name = ast.QualifiedName(tuple(clause.data.split(".")), clause.span)
+        symbol = scope.lookup(name)
+        if symbol is None:
+            self.declarations.undefined(clause.data, clause.span, scope, "data set", ("data",))
+            return None
+        if symbol.kind != "data":
+            self.declarations.wrong_kind(clause.data, clause.span, symbol, "a data set")
+            return None
+        return self.data(symbol)
+
+    def _check_data_labels(self, clause: ir.Clause, data: ir.Data, interface: ir.Interface) -> None:
+        statistics = [node for node in ir.walk(clause.expr) if isinstance(node, ir.Statistic)]
+        for statistic in statistics:
+            port = interface.port(statistic.output)
+            labels = port_value_type(port.type).axes[0] if port else None
+            if labels is None or labels.opaque or labels.has_other or data.labels.opaque:
+                continue
+            outside = [label for label in data.labels.labels if label not in labels]
+            if outside:
+                shown = ", ".join(ir.format_label(label) for label in outside[:5])
+                self.reporter.error(
+                    "E0411", f"data set `{data.name}` has labels the module cannot predict: {shown}", clause.span,
+                    help="give the output an `other` label, or use a data set over the module's labels",
+                )
+
+    def _check_data_inputs(self, clause: ir.Clause, data: ir.Data, interface: ir.Interface) -> None:
+        inputs = interface.inputs
+        if len(inputs) != 1:
+            return
+        expected = inputs[0].type
+        if not dims_compatible(data.input_type.sample_dims, expected.sample_dims):
+            self.reporter.error(
+                "E0411", f"data set `{data.name}` holds inputs of type {data.input_type.describe()}, "
+                f"but `{inputs[0].name}` is {expected.describe()}", clause.span,
+            )
+
+
+def _describe_arg(value: ir.LabelSet | ir.Dim) -> str:
+    if isinstance(value, ir.LabelSet):
+        return value.name or value.describe()
+    return str(value)

@@ -1,0 +1,391 @@
+"""Compositions: `>>` pipelines, `vote` and `replace`, checked before anything runs.
+
+Each use of a part gets its own copy of the part's free dims (renamed apart),
+so `a >> a` binds `S` twice; the batch dim is shared by the whole composition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mdl_lang import ir
+from mdl_lang.diagnostics import Note
+from mdl_lang.semantics.components import Components
+from mdl_lang.semantics.context import Env, Symbol
+from mdl_lang.semantics.shapes import DimSolver, rename_apart
+from mdl_lang.span import Span
+from mdl_lang.syntax import ast
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a composed expression reads and produces, with its dims renamed apart."""
+
+    node: ir.CompNode
+    inputs: tuple[ir.Port, ...]
+    outputs: tuple[ir.Port, ...]
+    parts: tuple[str, ...]
+    name: str
+
+
+def _renamed(port: ir.Port, prefix: str) -> ir.Port:
+    dims = tuple(rename_apart(dim, prefix) for dim in port.type.dims)
+    tensor = ir.TensorType(dims, port.type.dtype, port.type.value_range, port.type.finite, port.type.span)
+    return ir.Port(port.name, port.direction, tensor, port.span)
+
+
+def _dtypes_agree(left: str | None, right: str | None) -> bool:
+    if left is None or right is None or left == right:
+        return True
+    floating = (*ir.FLOAT_DTYPES, ir.ANY_FLOAT)
+    return ir.ANY_FLOAT in (left, right) and left in floating and right in floating
+
+
+class Compositions:
+    """Builds and checks every `compose` declaration."""
+
+    def __init__(self, components: Components) -> None:
+        self.components = components
+        self.declarations = components.declarations
+        self.reporter = components.reporter
+        self._built: dict[tuple[str, str], ir.Composition | None] = {}
+        self._building: set[tuple[str, str]] = set()
+        self.obligations: list[ir.Implication] = []
+
+    def composition(self, symbol: Symbol) -> ir.Composition | None:
+        key = (symbol.scope.path, symbol.name)
+        if key in self._built:
+            return self._built[key]
+        if key in self._building:
+            self.reporter.error(
+                "E0115", f"composition `{symbol.name}` contains itself", symbol.span,
+                help="a composition cannot be one of its own parts",
+            )
+            return None
+        self._building.add(key)
+        try:
+            built = _Builder(self, symbol).build()
+        finally:
+            self._building.discard(key)
+        self._built[key] = built
+        return built
+
+
+class _Builder:
+    """Checks one composition: resolves its parts, solves its dims, matches its interface."""
+
+    def __init__(self, owner: Compositions, symbol: Symbol) -> None:
+        self.owner = owner
+        self.symbol = symbol
+        self.decl: ast.ComposeDecl = symbol.node  # type: ignore[assignment]
+        self.reporter = owner.reporter
+        self.solver = DimSolver()
+        self.uses = 0
+
+    def build(self) -> ir.Composition | None:
+        env = Env(self.symbol.scope)
+        interface = self.owner.components.interface_ref(self.decl.interface, env)
+        signature = self.expression(self.decl.expr)
+        if interface is None or signature is None:
+            return None
+        if not self._implements(signature, interface):
+            return None
+        env = Env(self.symbol.scope, {}, {port.name: port for port in interface.ports})
+        taken = {clause.name: clause.span for clause in interface.clauses}
+        clauses, costs = self.owner.components.clauses_and_costs(
+            self.decl.members, env, f"composition {self.symbol.name}", taken=taken,
+        )
+        self.owner.components.check_data_clauses(interface.clauses + clauses, interface, self.symbol.scope)
+        return ir.Composition(
+            self.symbol.name, interface, signature.node, clauses, costs, self.symbol.scope.path,
+            tuple(dict.fromkeys(signature.parts)), self.decl.span,
+        )
+
+    # ------------------------------------------------------------ expressions
+
+    def expression(self, node: ast.CompExpr) -> Signature | None:
+        if isinstance(node, ast.CompRef):
+            return self.reference(node)
+        if isinstance(node, ast.Pipe):
+            return self.pipe(node)
+        if isinstance(node, ast.Vote):
+            return self.vote(node)
+        return self.replace(node)
+
+    def _component(self, name: ast.QualifiedName) -> ir.Component | None:
+        symbol = self.symbol.scope.lookup(name)
+        if symbol is None:
+            self.owner.declarations.undefined(
+                name.dotted, name.span, self.symbol.scope, "module", ("module", "compose"),
+            )
+            return None
+        if symbol.kind == "module":
+            return self.owner.components.module(symbol)
+        if symbol.kind == "compose":
+            return self.owner.composition(symbol)
+        self.owner.declarations.wrong_kind(name.dotted, name.span, symbol, "a module or composition")
+        return None
+
+    def reference(self, node: ast.CompRef) -> Signature | None:
+        component = self._component(node.name)
+        if component is None:
+            return None
+        self.uses += 1
+        prefix = f"{node.name.dotted}#{self.uses}:"
+        ports = component.interface.ports
+        inner = component.parts if isinstance(component, ir.Composition) else ()
+        return Signature(
+            ir.PartRef(node.name.dotted, node.span),
+            tuple(_renamed(port, prefix) for port in ports if port.direction == "input"),
+            tuple(_renamed(port, prefix) for port in ports if port.direction == "output"),
+            (node.name.dotted, *inner),
+            node.name.dotted,
+        )
+
+    def pipe(self, node: ast.Pipe) -> Signature | None:
+        left, right = self.expression(node.left), self.expression(node.right)
+        if left is None or right is None:
+            return None
+        if len(left.outputs) != len(right.inputs):
+            self.reporter.error(
+                "E0503", f"`{left.name}` has {len(left.outputs)} output(s) but `{right.name}` reads "
+                f"{len(right.inputs)} input(s)", node.span,
+                help="`a >> b` feeds the outputs of `a`, in order, to the inputs of `b`",
+            )
+            return None
+        ok = True
+        for output, port in zip(left.outputs, right.inputs, strict=True):
+            ok = self._connect(output, port, left.name, right.name, node.span) and ok
+        if not ok:
+            return None
+        self.owner.obligations.append(
+            ir.Implication("pipe", f"{left.name} ensures", f"{right.name} requires", node.span)
+        )
+        stages = _stages(left.node) + _stages(right.node)
+        return Signature(
+            ir.Pipeline(stages, node.span), left.inputs, right.outputs, left.parts + right.parts,
+            f"{left.name} >> {right.name}",
+        )
+
+    def _connect(self, output: ir.Port, port: ir.Port, source: str, target: str, span: Span) -> bool:
+        what = f"output `{output.name}` of `{source}` ({output.type.describe()}) feeds input `{port.name}` of " \
+               f"`{target}` ({port.type.describe()})"
+        if not self._unify(output.type.dims, port.type.dims, span, "E0501", f"`>>` shapes do not unify: {what}"):
+            return False
+        if not _dtypes_agree(output.type.dtype, port.type.dtype):
+            self.reporter.error(
+                "E0502", f"`>>` dtypes do not agree: {what}", span,
+                help="convert inside one of the modules so that both sides name the same dtype",
+            )
+            return False
+        return True
+
+    def _unify(self, left, right, span: Span, code: str, message: str) -> bool:
+        ok = True
+        for problem in self.solver.unify_shapes(left, right):
+            if problem.kind == "undecided":
+                self.reporter.warning(
+                    "W0501", f"cannot decide whether dims agree: {problem.message}", span,
+                    help="the Z3 backend of `mdl check` settles such equations; until then they are not checked",
+                )
+            elif problem.kind == "no-solution":
+                self.reporter.error("E0511", problem.message, span, notes=(Note(message),))
+                ok = False
+            else:
+                self.reporter.error(code, message, span, notes=(Note(problem.message),))
+                ok = False
+        return ok
+
+    def vote(self, node: ast.Vote) -> Signature | None:
+        overlap_max = self._overlap_option(node)
+        parts = [self.expression(part) for part in node.parts]
+        if overlap_max is None or any(part is None for part in parts):
+            return None
+        signatures: list[Signature] = parts  # type: ignore[assignment]
+        labels = self._vote_labels(signatures, node, overlap_max is True)
+        if labels is None:
+            return None
+        first = signatures[0]
+        for other, part_node in zip(signatures[1:], node.parts[1:], strict=True):
+            if not self._same_inputs(first, other, part_node.span):
+                return None
+        if not self._comparable_scores(signatures, node):
+            return None
+        output = first.outputs[0]
+        dims = (*output.type.dims[:-1], ir.DimLabels(labels))
+        tensor = ir.TensorType(dims, output.type.dtype, output.type.value_range, output.type.finite, output.type.span)
+        vote_port = ir.Port(output.name, "output", tensor, output.span)
+        names = tuple(part.name for part in signatures)
+        return Signature(
+            ir.VoteNode(tuple(part.node for part in signatures), labels, overlap_max is True, node.span),
+            first.inputs, (vote_port,), sum((part.parts for part in signatures), ()),
+            f"vote({', '.join(names)})",
+        )
+
+    def _overlap_option(self, node: ast.Vote) -> bool | None:
+        if node.overlap is None:
+            return False
+        if node.overlap.name != "max":
+            self.reporter.error(
+                "E0513", f"unknown vote option `overlap={node.overlap.name}`", node.overlap.span,
+                help="the one option is `overlap=max`: overlapping labels take the highest score",
+            )
+            return None
+        return True
+
+    def _vote_labels(self, parts: list[Signature], node: ast.Vote, overlap_max: bool) -> ir.LabelSet | None:
+        owners: dict[ir.Label, str] = {}
+        union = ir.LabelSet(())
+        for part, part_node in zip(parts, node.parts, strict=True):
+            labels = self._scored_labels(part, part_node.span)
+            if labels is None:
+                return None
+            for label in labels.own_labels:
+                if label in owners and not overlap_max:
+                    self.reporter.error(
+                        "E0504", f"label {ir.format_label(label)} is scored by both `{owners[label]}` and "
+                        f"`{part.name}`", part_node.span,
+                        help="give each label to one part, or write `vote(..., overlap=max)` to take the higher score",
+                    )
+                    return None
+                owners.setdefault(label, part.name)
+            union = union.union(ir.LabelSet(labels.own_labels))
+        return union
+
+    def _scored_labels(self, part: Signature, span: Span) -> ir.LabelSet | None:
+        outputs = part.outputs
+        last = outputs[0].type.dims[-1] if len(outputs) == 1 and outputs[0].type.dims else None
+        if not isinstance(last, ir.DimLabels):
+            self.reporter.error(
+                "E0512", f"`{part.name}` cannot take part in a vote: its output is not scores over a label set",
+                span, help="a vote part has one output whose last axis is a label set, e.g. `Tensor[B, {5} | other]`",
+            )
+            return None
+        return last.labels
+
+    def _same_inputs(self, first: Signature, other: Signature, span: Span) -> bool:
+        if len(first.inputs) != len(other.inputs):
+            self.reporter.error(
+                "E0506", f"`{other.name}` reads {len(other.inputs)} input(s), `{first.name}` "
+                f"{len(first.inputs)}", span, help="every part of a vote reads the same input",
+            )
+            return False
+        for mine, theirs in zip(first.inputs, other.inputs, strict=True):
+            message = f"`{other.name}` reads {theirs.type.describe()} but `{first.name}` reads {mine.type.describe()}"
+            if not self._unify(mine.type.dims, theirs.type.dims, span, "E0506", message):
+                return False
+            if not _dtypes_agree(mine.type.dtype, theirs.type.dtype):
+                self.reporter.error("E0506", message, span, help="every part of a vote reads the same input")
+                return False
+        return True
+
+    def _comparable_scores(self, parts: list[Signature], node: ast.Vote) -> bool:
+        first = parts[0].outputs[0].type
+        for part, part_node in zip(parts[1:], node.parts[1:], strict=True):
+            theirs = part.outputs[0].type
+            if not _dtypes_agree(first.dtype, theirs.dtype) or first.value_range != theirs.value_range:
+                self.reporter.error(
+                    "E0507", f"`{part.name}` scores {theirs.describe()}, `{parts[0].name}` scores "
+                    f"{first.describe()}", part_node.span,
+                    help="a vote compares scores as they are: give every part the same dtype and value range "
+                    "(apply `softmax` inside a part that emits logits)",
+                )
+                return False
+        return True
+
+    def replace(self, node: ast.Replace) -> Signature | None:
+        base = self.expression(node.base)
+        old, new = self._component(node.old), self._component(node.new)
+        if base is None or old is None or new is None:
+            return None
+        if node.old.dotted not in base.parts:
+            self.reporter.error(
+                "E0508", f"`{node.old.dotted}` is not a part of `{base.name}`", node.old.span,
+                help=f"its parts are {', '.join(dict.fromkeys(base.parts))}",
+            )
+            return None
+        if not _same_interface(old.interface, new.interface):
+            self.reporter.error(
+                "E0509", f"`{node.new.dotted}` implements {new.interface.name}, but `{node.old.dotted}` "
+                f"implements {old.interface.name}", node.new.span,
+                help="a replacement must implement the interface of the part it replaces",
+            )
+            return None
+        self.owner.obligations.append(
+            ir.Implication("replace", f"{node.new.dotted} contract", f"{node.old.dotted} contract", node.span)
+        )
+        return Signature(
+            ir.ReplaceNode(base.node, node.old.dotted, node.new.dotted, node.span), base.inputs, base.outputs,
+            tuple(node.new.dotted if part == node.old.dotted else part for part in base.parts),
+            f"replace({base.name}, {node.old.dotted}, {node.new.dotted})",
+        )
+
+    # ------------------------------------------------------------ the declared interface
+
+    def _implements(self, signature: Signature, interface: ir.Interface) -> bool:
+        span = self.decl.expr.span
+        if isinstance(signature.node, ir.VoteNode):
+            covered = self._covers(signature, interface, span)
+            if covered is None:
+                return False
+            signature = covered
+        for kind, mine, declared in (
+            ("input", signature.inputs, interface.inputs), ("output", signature.outputs, interface.outputs),
+        ):
+            if len(mine) != len(declared):
+                self.reporter.error(
+                    "E0510", f"`{signature.name}` has {len(mine)} {kind}(s), {interface.name} declares "
+                    f"{len(declared)}", span,
+                )
+                return False
+            for port, wanted in zip(mine, declared, strict=True):
+                message = f"{kind} `{wanted.name}` of {interface.name} is {wanted.type.describe()}, " \
+                          f"but `{signature.name}` has {port.type.describe()}"
+                if not self._unify(port.type.dims, wanted.type.dims, span, "E0510", message):
+                    return False
+                if not _dtypes_agree(port.type.dtype, wanted.type.dtype):
+                    self.reporter.error("E0510", message, span)
+                    return False
+        return True
+
+    def _covers(self, signature: Signature, interface: ir.Interface, span: Span) -> Signature | None:
+        """The vote's signature with its scores in the interface's label order, if it covers them."""
+        outputs = interface.outputs
+        last = outputs[0].type.dims[-1] if len(outputs) == 1 and outputs[0].type.dims else None
+        if not isinstance(last, ir.DimLabels) or last.labels.opaque:
+            return signature
+        voted: ir.LabelSet = signature.node.labels  # type: ignore[union-attr]
+        wanted = set(last.labels.own_labels)
+        missing = [label for label in last.labels.own_labels if label not in voted]
+        extra = [label for label in voted.labels if label not in wanted]
+        if missing or extra:
+            problems = []
+            if missing:
+                problems.append("no part scores " + ", ".join(ir.format_label(label) for label in missing))
+            if extra:
+                problems.append("the interface has no label " + ", ".join(ir.format_label(label) for label in extra))
+            self.reporter.error(
+                "E0505", f"the vote does not cover {interface.name}: {'; '.join(problems)}", span,
+                help="the parts' label sets must together be exactly the interface's labels",
+            )
+            return None
+        port = signature.outputs[0]
+        dims = (*port.type.dims[:-1], last)
+        tensor = ir.TensorType(dims, port.type.dtype, port.type.value_range, port.type.finite, port.type.span)
+        outputs = (ir.Port(port.name, port.direction, tensor, port.span),)
+        return Signature(signature.node, signature.inputs, outputs, signature.parts, signature.name)
+
+
+def _stages(node: ir.CompNode) -> tuple[ir.CompNode, ...]:
+    return node.stages if isinstance(node, ir.Pipeline) else (node,)
+
+
+def _same_interface(old: ir.Interface, new: ir.Interface) -> bool:
+    if old.declaration == new.declaration and old.args == new.args:
+        return True
+    if len(old.ports) != len(new.ports):
+        return False
+    return all(
+        a.name == b.name and a.direction == b.direction and a.type.describe() == b.type.describe()
+        for a, b in zip(old.ports, new.ports, strict=True)
+    )
