@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mdl_lang import ir
 from mdl_lang.diagnostics import Diagnostic, render_all
-from mdl_lang.semantics.checker import CheckResult, Checker, check_paths, default_root
+from mdl_lang.semantics.checker import Checker, CheckResult, check_paths, default_root
 
 __all__ = ["CheckResult", "SpecError", "check_paths", "load"]
 

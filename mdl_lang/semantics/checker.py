@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdl_lang import ir
-from mdl_lang.diagnostics import Diagnostic, SourceMap
+from mdl_lang.diagnostics import Diagnostic, SourceMap, sort_key
 from mdl_lang.semantics.components import Components
 from mdl_lang.semantics.compose import Compositions
 from mdl_lang.semantics.context import Env, FileScope, Reporter, Symbol
 from mdl_lang.semantics.declarations import Declarations
 from mdl_lang.span import Span
 from mdl_lang.syntax import ast
-from mdl_lang.syntax.parser import keywords, parse
+from mdl_lang.syntax.parser import keywords, parse, paused_gc
 
 # Words of the cost sub-language stay usable as names elsewhere (`s`, `ms`, `batch`...).
 CONTEXTUAL_WORDS = frozenset({"s", "ms", "us", "per", "sample", "at", "batch", "params", "flops", "latency",
@@ -70,8 +70,6 @@ class Checker:
         return None if scope is None else self._spec(scope)
 
     def result(self) -> CheckResult:
-        from mdl_lang.diagnostics import sort_key
-
         return CheckResult(dict(self._specs), sorted(self.reporter.diagnostics, key=sort_key), self.sources)
 
     # ------------------------------------------------------------ files and imports
@@ -254,9 +252,7 @@ def _member_names(decl: ast.Decl):
     params = getattr(decl, "params", ())
     yield from params
     for member in getattr(decl, "members", ()):
-        if isinstance(member, ast.Port):
-            yield member.name
-        elif isinstance(member, ast.Clause) and member.name is not None:
+        if isinstance(member, ast.Port) or (isinstance(member, ast.Clause) and member.name is not None):
             yield member.name
 
 
@@ -264,8 +260,9 @@ def check_paths(paths: list[Path], root: Path | None = None) -> CheckResult:
     """Check files (directories are searched for `*.mdl`) under one spec root."""
     files = expand_paths(paths)
     checker = Checker(root or default_root(paths))
-    for path in files:
-        checker.check(path)
+    with paused_gc():
+        for path in files:
+            checker.check(path)
     return checker.result()
 
 

@@ -74,7 +74,7 @@ class ClauseTyper:
                 help="split it in two clauses: one over the data set, one over perturbed inputs",
             )
             return None
-        if statistical and node.kind == "requires" or relational and node.kind == "requires":
+        if (statistical and node.kind == "requires") or (relational and node.kind == "requires"):
             which = "statistical" if statistical else "relational"
             self.reporter.error(
                 "E0416", f"a {which} clause cannot be a `requires`", node.expr.span,

@@ -472,9 +472,9 @@ class Declarations:
 
 
 def _dtype_refines(current: str, new: str) -> bool:
-    return current == new or ir.ANY_FLOAT in (current, new) and (
+    return current == new or (ir.ANY_FLOAT in (current, new) and (
         current in ir.FLOAT_DTYPES or new in ir.FLOAT_DTYPES or current == new
-    )
+    ))
 
 
 def _intersect(old: tuple[float, float] | None, new: tuple[float, float]) -> tuple[float, float] | None:

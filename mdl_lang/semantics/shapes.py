@@ -185,7 +185,6 @@ class DimSolver:
 
     def _bind(self, var: ir.DimVar, value: ir.Dim) -> None:
         self.bindings[var.name] = value
-        return None
 
     def _solve_linear(self, a: ir.Dim, b: ir.Dim) -> DimProblem | None:
         left, right = linear(a), linear(b)
