@@ -3,7 +3,7 @@
 A compiled clause maps the tensors of one call (batch axis first) to a bool
 mask of shape [N]: True where the sample keeps the clause. Each IR node kind
 has an `emit_<Node>` method returning a closure; nodes this backend cannot
-run (relational and statistical ones) raise `Unsupported`, which the caller
+run (relational and statistical ones) raise `UnsupportedClause`, which the caller
 turns into a `skip` with the reason, never a pass.
 
 Values flowing between closures are either sample-independent Python numbers
@@ -36,7 +36,7 @@ class CallContext:
 Closure = Callable[[CallContext], Value]
 
 
-class Unsupported(Exception):
+class UnsupportedClause(Exception):
     """A clause (or part of one) that the torch backend cannot evaluate; the message says why."""
 
 
@@ -98,7 +98,7 @@ class PredicateCompiler:
 
     def compile(self, clause: ir.Clause) -> CompiledClause:
         if clause.fragment is not ir.Fragment.PER_SAMPLE:
-            raise Unsupported(f"a {clause.fragment.value} clause is checked by `mdl test`, not by a monitor")
+            raise UnsupportedClause(f"a {clause.fragment.value} clause is checked by `mdl test`, not by a monitor")
         self.nodes = {}
         body = self.emit(clause.expr)
 
@@ -110,7 +110,7 @@ class PredicateCompiler:
     def emit(self, expr: ir.Expr) -> Closure:
         handler = getattr(self, f"emit_{type(expr).__name__}", None)
         if handler is None:
-            raise Unsupported(f"the monitor cannot evaluate {type(expr).__name__} nodes")
+            raise UnsupportedClause(f"the monitor cannot evaluate {type(expr).__name__} nodes")
         closure = handler(expr)
         node_id = len(self.nodes)
         self.nodes[node_id] = expr
@@ -132,7 +132,7 @@ class PredicateCompiler:
     def emit_LabelConst(self, expr: ir.LabelConst) -> Closure:
         labels = expr.type.labels
         if labels is None or expr.label not in labels:
-            raise Unsupported(f"label {ir.format_label(expr.label)} has no position outside a label set")
+            raise UnsupportedClause(f"label {ir.format_label(expr.label)} has no position outside a label set")
         position = labels.position(expr.label)
         return lambda ctx: position
 
@@ -146,7 +146,7 @@ class PredicateCompiler:
 
     def emit_VarRef(self, expr: ir.VarRef) -> Closure:
         if expr.name not in self._labels:
-            raise Unsupported(f"`{expr.name}` ranges over perturbed inputs; `mdl test` checks such clauses")
+            raise UnsupportedClause(f"`{expr.name}` ranges over perturbed inputs; `mdl test` checks such clauses")
         position = expr.type.labels.position(self._labels[expr.name])
         return lambda ctx: position
 
@@ -183,10 +183,7 @@ class PredicateCompiler:
             result: Value = True
             for op, position in pairs:
                 left, right = _align(values[position], values[position + 1])
-                if tolerance is not None:
-                    holds = _close(left, right, tolerance(ctx))
-                else:
-                    holds = _COMPARISONS[op](left, right)
+                holds = _close(left, right, tolerance(ctx)) if tolerance is not None else _COMPARISONS[op](left, right)
                 result = holds if result is True else _conjoin(result, holds)
             return result
 
@@ -221,7 +218,7 @@ class PredicateCompiler:
             if isinstance(expr.value, ir.LabelConst):
                 holds = expr.value.label in expr.labels
                 return lambda ctx: holds
-            raise Unsupported("a label of unknown label set")
+            raise UnsupportedClause("a label of unknown label set")
         member = torch.tensor([label in expr.labels for label in labels.labels], dtype=torch.bool)
         return lambda ctx: _lookup(member, value(ctx))
 
@@ -243,7 +240,7 @@ class PredicateCompiler:
         if label is None or item.labels is None:
             return item
         if label not in item.labels:
-            raise Unsupported(f"label {ir.format_label(label)} is not on the indexed axis")
+            raise UnsupportedClause(f"label {ir.format_label(label)} is not on the indexed axis")
         return ir.IndexPosition(item.labels.position(label), label)
 
     def _dynamic_index(self, items: tuple[ir.IndexItem, ...], value: Closure) -> Closure:
@@ -268,7 +265,7 @@ class PredicateCompiler:
     def emit_Call(self, expr: ir.Call) -> Closure:
         handler = getattr(self, f"call_{expr.function}", None)
         if handler is None:
-            raise Unsupported(f"`{expr.function}` is checked by `mdl test`, not by a monitor")
+            raise UnsupportedClause(f"`{expr.function}` is checked by `mdl test`, not by a monitor")
         args = [self.emit(arg) for arg in expr.args]
         options = {name: value.value for name, value in expr.options if isinstance(value, ir.Const)}
         return handler(args, options, expr)
@@ -407,7 +404,7 @@ def evaluate_dim(dim: ir.Dim, bound: dict[str, int]) -> int:
         case ir.DimBinary(op=op, left=left, right=right):
             a, b = evaluate_dim(left, bound), evaluate_dim(right, bound)
             return {"+": a + b, "-": a - b, "*": a * b}.get(op, a // b if b else 0)
-    raise Unsupported(f"dimension {dim} has no single size")
+    raise UnsupportedClause(f"dimension {dim} has no single size")
 
 
 def _static_item(item: ir.IndexItem) -> object:
