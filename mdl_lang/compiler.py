@@ -1,14 +1,20 @@
-"""The front end's public face: check files into IR, or load one checked spec."""
+"""The front end's public face: check files into IR, load one checked spec, bind it to modules."""
 
 from __future__ import annotations
 
+import difflib
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mdl_lang import ir
-from mdl_lang.diagnostics import Diagnostic, render_all
-from mdl_lang.semantics.checker import Checker, CheckResult, check_paths, default_root
+from mdl_lang.diagnostics import Diagnostic, SourceMap, render_all
+from mdl_lang.semantics.checker import CheckResult, Checker, check_paths, default_root
 
-__all__ = ["CheckResult", "SpecError", "check_paths", "load"]
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["BindError", "CheckResult", "CheckedSpec", "SpecError", "check_paths", "load"]
 
 
 class SpecError(Exception):
@@ -20,8 +26,54 @@ class SpecError(Exception):
         super().__init__(self.rendered)
 
 
-def load(path: str | Path, root: str | Path | None = None) -> ir.Spec:
-    """The checked IR of one spec file; raises SpecError if it has errors, FileNotFoundError if missing."""
+class BindError(Exception):
+    """`bind` was asked for something the spec does not declare, or given the wrong parts."""
+
+
+@dataclass(frozen=True)
+class CheckedSpec(ir.Spec):
+    """A checked spec: its IR, plus the source text reports quote, plus `bind`."""
+
+    sources: SourceMap = field(default_factory=SourceMap, compare=False, repr=False)
+
+    def bind(
+        self,
+        name: str,
+        module: nn.Module | None = None,
+        *,
+        parts: dict[str, nn.Module] | None = None,
+        mode: str = "raise",
+        every: int = 1,
+        replay_dir: str | Path | None = "reports",
+    ) -> nn.Module:
+        """A monitored `nn.Module` for the module or composition `name`.
+
+        A module takes the `nn.Module` that implements it; a composition takes
+        its parts by name (`parts={"m0": ..., ...}`) and becomes executable.
+        """
+        from mdl_lang.backends.torch.composed import ComposedModel, CompositionError
+        from mdl_lang.backends.torch.monitor import MonitoredModule, MonitorOptions
+
+        component = self.component(name)
+        if component is None:
+            close = difflib.get_close_matches(name, list(self.components()), n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            raise BindError(f"`{self.file}` declares no module or composition `{name}`{hint}")
+        options = MonitorOptions(mode, every, Path(replay_dir) if replay_dir is not None else None, self.file)
+        if isinstance(component, ir.Module):
+            if module is None or parts:
+                raise BindError(f"`{name}` is a module: bind it with the nn.Module that implements it")
+            return MonitoredModule(module, name, component, self.sources, options)
+        if module is not None or not parts:
+            raise BindError(f"`{name}` is a composition: bind it with its parts, parts={{'part': module, ...}}")
+        try:
+            return ComposedModel(self, name, component, parts, self.sources, options)
+        except CompositionError as error:
+            raise BindError(str(error)) from error
+
+
+def load(path: str | Path, root: str | Path | None = None) -> CheckedSpec:
+    """The checked spec of one file; raises SpecError if it has errors, FileNotFoundError if missing."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"no spec file at {file}")
@@ -30,4 +82,5 @@ def load(path: str | Path, root: str | Path | None = None) -> ir.Spec:
     result = checker.result()
     if spec is None or result.has_errors:
         raise SpecError(result)
-    return spec
+    values = {item.name: getattr(spec, item.name) for item in fields(ir.Spec)}
+    return CheckedSpec(**values, sources=result.sources)

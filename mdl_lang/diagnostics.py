@@ -158,9 +158,18 @@ class SourceMap:
 
     def __init__(self) -> None:
         self._lines: dict[str, list[str]] = {}
+        self._texts: dict[str, str] = {}
 
     def add(self, path: str, text: str) -> None:
         self._lines[path] = text.splitlines()
+        self._texts[path] = text
+
+    def excerpt(self, span: Span) -> str | None:
+        """The source text a span covers, on one line, or None if the file is unknown."""
+        text = self._texts.get(span.file)
+        if text is None or span.end <= span.start:
+            return None
+        return " ".join(text[span.start:span.end].split())
 
     def line(self, path: str, number: int) -> str | None:
         lines = self._lines.get(path)
@@ -173,19 +182,20 @@ def render(diagnostic: Diagnostic, sources: SourceMap) -> str:
     """Render one diagnostic the way rustc does: header, location, source, caret, help."""
     span = diagnostic.span
     out = [f"{diagnostic.severity.value}[{diagnostic.code}]: {diagnostic.message}"]
-    out += _snippet(span, sources, "")
+    out += snippet(span, sources)
     for note in diagnostic.notes:
         if note.span is None:
             out.append(f"  = note: {note.message}")
         else:
             out.append(f"note: {note.message}")
-            out += _snippet(note.span, sources, "")
+            out += snippet(note.span, sources)
     if diagnostic.help:
         out.append(f"  = help: {diagnostic.help}")
     return "\n".join(out)
 
 
-def _snippet(span: Span, sources: SourceMap, label: str) -> list[str]:
+def snippet(span: Span, sources: SourceMap) -> list[str]:
+    """The `--> file:line:col` line, the source line and a caret under the span."""
     gutter = " " * len(str(span.line))
     lines = [f"{gutter}--> {span.file}:{span.line}:{span.column}"]
     source = sources.line(span.file, span.line)
@@ -196,7 +206,7 @@ def _snippet(span: Span, sources: SourceMap, label: str) -> list[str]:
     lines += [
         f"{gutter} |",
         f"{span.line} | {source}",
-        f"{gutter} | {' ' * (span.column - 1)}{'^' * width}{(' ' + label) if label else ''}",
+        f"{gutter} | {' ' * (span.column - 1)}{'^' * width}",
     ]
     return lines
 

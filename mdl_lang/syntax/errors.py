@@ -94,18 +94,24 @@ def _unexpected_token(error: UnexpectedToken, text: str, file: str, spellings: d
     span = _token_span(token, text, file)
     found = "end of file" if at_end else _found_word(token)
     if not at_end and str(token) in OPENERS and (not stack or CLOSERS[stack[-1].char] != str(token)):
-        return _unmatched_closer(str(token), span)
+        if not any(CLOSERS[opener.char] == str(token) for opener in stack):
+            return _unmatched_closer(str(token), span)
+        # The closer belongs to an outer bracket: the inner one was left open.
+        return _unclosed(stack[-1], found, span, "E0001")
     code = "E0002" if at_end else "E0001"
     if stack and CLOSERS[stack[-1].char] in expected and _looks_unclosed(token, expected):
-        opener = stack[-1]
-        closer = CLOSERS[opener.char]
-        where = f"{opener.line}:{opener.column}"
-        message = f"expected `{closer}` to close `{opener.label}` opened at {where}, found {found}"
-        others = [word for word in expected if word not in (closer, *OPERATORS)]
-        hint = f"add `{closer}`" + (f", or {_join(others)} to continue" if others and len(others) <= 3 else "")
-        return Diagnostic(code, message, span, help=hint)
+        others = [word for word in expected if word not in (CLOSERS[stack[-1].char], *OPERATORS)]
+        return _unclosed(stack[-1], found, span, code, others)
     message = f"expected {_describe_expected(expected)}, found {found}"
     return Diagnostic(code, message, span, help=_hint(expected, token))
+
+
+def _unclosed(opener: OpenBracket, found: str, span: Span, code: str, others: list[str] = ()) -> Diagnostic:
+    closer = CLOSERS[opener.char]
+    where = f"{opener.line}:{opener.column}"
+    message = f"expected `{closer}` to close `{opener.label}` opened at {where}, found {found}"
+    hint = f"add `{closer}`" + (f", or {_join(list(others))} to continue" if others and len(others) <= 3 else "")
+    return Diagnostic(code, message, span, help=hint)
 
 
 def _acceptable(error: UnexpectedToken) -> set[str]:
