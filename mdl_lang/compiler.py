@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from mdl_lang import ir
 from mdl_lang.diagnostics import Diagnostic, SourceMap, render_all
-from mdl_lang.semantics.checker import CheckResult, Checker, check_paths, default_root
+from mdl_lang.semantics.checker import Checker, CheckResult, check_paths, default_root
 
 if TYPE_CHECKING:
     from torch import nn

@@ -10,8 +10,8 @@ Modes: `raise` (ContractViolation at the first failure), `warn`, `record`
 from __future__ import annotations
 
 import contextlib
-import re
 import contextvars
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
