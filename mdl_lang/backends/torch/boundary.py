@@ -72,6 +72,8 @@ class Boundary:
             check = self._clause_check(clause)
             if check is not None:
                 (self.requires if clause.kind == "requires" else self.ensures).append(check)
+        self.requires.sort(key=_report_order)
+        self.ensures.sort(key=_report_order)
 
     # ------------------------------------------------------------ building
 
@@ -137,11 +139,18 @@ class Boundary:
             if failing:
                 found.append(Violation(
                     check.name, check.kind, check.fragment, check.span,
-                    f"{check.kind} `{check.name}` failed on {len(failing)} of {ctx.batch} sample"
-                    f"{'s' if ctx.batch != 1 else ''}",
+                    f"{check.kind} {self._shown(check)} of `{self.name}` failed on {len(failing)} of {ctx.batch} "
+                    f"sample{'s' if ctx.batch != 1 else ''}",
                     tuple(failing), self._explain(check, ctx, failing[0]),
                 ))
         return found
+
+    def _shown(self, check: Check) -> str:
+        """A clause as a headline names it: by name, with its text when it has none of its own."""
+        if check.clause is None or "@" not in check.name:
+            return f"`{check.name}`"
+        text = self.sources.excerpt(check.clause.expr.span)
+        return f"`{text}` ({check.name})" if text else f"`{check.name}`"
 
     def _explain(self, check: Check, ctx: CallContext, sample: int) -> tuple[tuple[str, str], ...]:
         """The value of each sub-expression of the clause for one sample, by its source text."""
@@ -164,6 +173,15 @@ class Boundary:
             if text not in shown:
                 shown[text] = _describe_value(value, node)
         return tuple(shown.items())
+
+
+def _report_order(check: Check) -> int:
+    """Finiteness first, then ranges, then other clauses: a NaN is reported as a NaN."""
+    if check.name.startswith("finite(") or (
+        check.clause is not None and isinstance(check.clause.expr, ir.Call) and check.clause.expr.function == "finite"
+    ):
+        return 0
+    return 1 if check.clause is None else 2
 
 
 def _describe_value(value, node: ir.Expr) -> str:

@@ -1,0 +1,193 @@
+"""Monitors are transparent: same outputs and gradients bit for bit, and every nn.Module habit keeps working."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import mdl_lang
+from mdl_lang.backends.torch.monitor import ContractViolation
+from mdl_lang.report import Verdict
+
+SPEC_TEXT = """
+labels Digit = {0..9}
+dim B : batch
+dim S
+type Vector = Tensor[B, 64] float in [0, 16]
+interface Classifier {
+  input  x: Vector
+  output y: Tensor[B, Digit] float
+  requires finite(x)
+  ensures finite(y)
+  ensures simplex: sum(softmax(y)) == 1 within 1e-3
+  ensures argmax(y) in Digit
+}
+module mlp : Classifier
+interface Sequence {
+  input  x: Tensor[B, S, 4] float
+  output y: Tensor[B, S * 2] float
+  ensures sum(y) == sum(x) within 1e-2
+}
+module pairs : Sequence
+"""
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class Pairs(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        halves = x.reshape(x.shape[0], x.shape[1], 2, 2).sum(dim=-1)
+        return halves.reshape(x.shape[0], -1)
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    path = tmp_path_factory.mktemp("spec") / "monitor.mdl"
+    path.write_text(SPEC_TEXT)
+    return mdl_lang.load(path)
+
+
+def digits(batch: int = 16, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
+    return (torch.rand(batch, 64, generator=torch.Generator().manual_seed(seed)) * 16).to(dtype)
+
+
+def test_outputs_and_gradients_are_bit_identical(spec):
+    torch.manual_seed(0)
+    plain = MLP()
+    monitored_model = MLP()
+    monitored_model.load_state_dict(plain.state_dict())
+    monitored = spec.bind("mlp", monitored_model)
+    x = digits()
+    for model in (plain, monitored):
+        model.train()
+    torch.manual_seed(1)
+    expected = plain(x)
+    expected.square().sum().backward()
+    torch.manual_seed(1)
+    got = monitored(x)
+    got.square().sum().backward()
+    assert torch.equal(expected, got)
+    for (name, a), (_, b) in zip(plain.named_parameters(), monitored_model.named_parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad), name
+
+
+def test_input_gradients_are_untouched(spec):
+    model = MLP().eval()
+    monitored = spec.bind("mlp", model)
+    x1 = digits().requires_grad_()
+    x2 = x1.detach().clone().requires_grad_()
+    model(x1).sum().backward()
+    monitored(x2).sum().backward()
+    assert torch.equal(x1.grad, x2.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_every_float_dtype(spec, dtype):
+    monitored = spec.bind("mlp", MLP().to(dtype).eval())
+    assert monitored(digits(dtype=dtype)).dtype == dtype
+    with pytest.raises(ContractViolation):
+        monitored(digits(dtype=dtype) * 2)
+
+
+def test_no_grad_inference_mode_and_autocast(spec):
+    monitored = spec.bind("mlp", MLP().eval())
+    with torch.no_grad():
+        monitored(digits())
+    with torch.inference_mode():
+        monitored(digits())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        monitored(digits())
+    with torch.inference_mode(), pytest.raises(ContractViolation):
+        monitored(digits() * 2)
+
+
+def test_state_dict_to_train_eval_and_pickle(spec):
+    model = MLP()
+    monitored = spec.bind("mlp", model)
+    assert monitored.state_dict().keys() == model.state_dict().keys()
+    fresh = MLP()
+    fresh.load_state_dict(monitored.state_dict())
+    monitored.load_state_dict(MLP().state_dict())
+    monitored.eval()
+    assert not model.training
+    monitored.to(torch.float64)
+    assert next(model.parameters()).dtype == torch.float64
+    monitored.to(torch.float32)
+    restored = pickle.loads(pickle.dumps(monitored))
+    x = digits()
+    assert torch.equal(restored(x), monitored(x))
+    with pytest.raises(ContractViolation):
+        restored(x * 2)
+    buffer = io.BytesIO()
+    torch.save(monitored.state_dict(), buffer)
+    buffer.seek(0)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+
+
+def test_export_traces_the_module_without_the_checks(spec):
+    monitored = spec.bind("mlp", MLP().eval())
+    exported = torch.export.export(monitored, (digits(),))
+    assert torch.allclose(exported.module()(digits()), monitored(digits()))
+
+
+def test_symbolic_dims_bind_per_call(spec):
+    monitored = spec.bind("pairs", Pairs(), mode="record", replay_dir=None)
+    for length in (1, 3, 7):
+        monitored(torch.rand(5, length, 4))
+    assert monitored.reports == []
+
+
+def test_symbolic_dim_mismatch_names_the_dims_bound(spec):
+    class Wrong(nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], x.shape[1] * 2 + 1)
+
+    monitored = spec.bind("pairs", Wrong(), replay_dir=None)
+    with pytest.raises(ContractViolation) as raised:
+        monitored(torch.rand(5, 3, 4))
+    text = str(raised.value)
+    assert "S * 2" in text and "S=3" in text and "blame: pairs (module)" in text
+
+
+def test_record_mode_keeps_reports_and_saves_replays(spec, tmp_path):
+    monitored = spec.bind("mlp", MLP(), mode="record", replay_dir=tmp_path)
+    bad = digits()
+    bad[3, 5] = float("nan")
+    monitored(bad)
+    assert {r.blame.party for r in monitored.reports} == {"caller"}, "NaN in, NaN out: the caller's fault"
+    result = monitored.reports[0]
+    assert "finite" in result.message
+    assert result.verdict is Verdict.FAIL
+    assert result.witness.samples == (3,)
+    assert result.blame.party == "caller"
+    saved = torch.load(Path(result.witness.replay), weights_only=True)
+    assert saved["component"] == "mlp" and saved["inputs"]["x"].shape == (1, 64)
+    assert torch.isnan(saved["inputs"]["x"]).any()
+
+
+def test_mode_context_switches_every_monitor(spec):
+    monitored = spec.bind("mlp", MLP())
+    with mdl_lang.monitor_mode("record"):
+        monitored(digits() * 2)
+    assert len(monitored.reports) == 1
+    with pytest.raises(ValueError, match="mode"):
+        spec.bind("mlp", MLP(), mode="loud")
+
+
+def test_bind_errors_are_clear(spec):
+    with pytest.raises(mdl_lang.BindError, match="did you mean `mlp`"):
+        spec.bind("mpl", MLP())
+    with pytest.raises(mdl_lang.BindError, match="is a module"):
+        spec.bind("mlp")
