@@ -154,7 +154,7 @@ def test_no_false_blame_over_a_thousand_random_batches(spec):
     pipeline = bind_pipeline(spec, mode="record")
     classify = spec.bind("classify", Classifier(), mode="record", replay_dir=None)
     generator = torch.Generator().manual_seed(7)
-    for step in range(1000):
+    for _ in range(1000):
         batch = int(torch.randint(1, 65, (1,), generator=generator))
         x = torch.rand(batch, 16, generator=generator)
         pipeline(x)
