@@ -1,4 +1,4 @@
-"""The `mdl` command line: `check` and `fmt` (further commands join as their issues land).
+"""The `mdl` command line: `check`, `fmt`, `blame`, `replay` (further commands join as their issues land).
 
 Exit codes, for every command: 0 everything checked holds; 1 a spec error or
 a failed clause; 2 usage or environment error. No input ends in a traceback.
@@ -60,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("paths", nargs="+", type=Path, metavar="PATH", help=".mdl files or folders of them")
     fmt.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file is not formatted")
     fmt.set_defaults(handler=_run_fmt)
+
+    blame = commands.add_parser("blame", help="render a saved mdl-report/1 JSON report for people")
+    blame.add_argument("report", type=Path, metavar="REPORT.json")
+    blame.set_defaults(handler=_run_blame)
+
+    replay = commands.add_parser("replay", help="re-run a saved failing input through its module")
+    replay.add_argument("replay", type=Path, metavar="REPLAY.pt")
+    replay.add_argument("--spec", type=Path, help="the spec file (default: the one recorded in the replay)")
+    replay.set_defaults(handler=_run_replay)
     return parser
 
 
@@ -153,6 +162,44 @@ def _run_fmt(args: argparse.Namespace) -> int:
     if problems or (args.check and unformatted):
         return EXIT_FAILED
     return EXIT_OK
+
+
+# ---------------------------------------------------------------- blame
+
+
+def _run_blame(args: argparse.Namespace) -> int:
+    from mdl_lang.report import Result, Verdict, render_result
+
+    try:
+        document = json.loads(args.report.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise UsageError(f"no such file: {args.report}") from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"{args.report} is not a JSON report: {error}") from error
+    entries = document.get("results") if isinstance(document, dict) and "results" in document else [document]
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise UsageError(f"{args.report} holds no mdl-report/1 results")
+    try:
+        results = [Result.from_json(entry) for entry in entries]
+    except (KeyError, ValueError, TypeError) as error:
+        raise UsageError(f"{args.report} has a malformed result: {error}") from error
+    shown = [r for r in results if r.verdict is not Verdict.PASS]
+    print("\n\n".join(render_result(r) for r in shown) if shown else "every result passed")
+    return EXIT_FAILED if any(r.verdict is Verdict.FAIL for r in results) else EXIT_OK
+
+
+# ---------------------------------------------------------------- replay
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    from mdl_lang.replay import ReplayError, replay
+
+    try:
+        outcome = replay(args.replay, args.spec)
+    except ReplayError as error:
+        raise UsageError(str(error)) from error
+    print(outcome.text)
+    return EXIT_FAILED if outcome.reproduced else EXIT_OK
 
 
 if __name__ == "__main__":
