@@ -23,15 +23,21 @@ Mask = Callable[[CallContext], torch.Tensor]
 
 @dataclass(frozen=True)
 class Check:
-    """A per-sample check: a clause, or a port refinement (`x in [0, 1]`, `finite`)."""
+    """A per-sample check: a clause, or a port refinement (`x in [0, 1]`, `finite`).
+
+    `holds` is the fast whole-batch test, `mask` the per-sample one of the slow
+    path; `implied` marks a check another check of the fast path already covers.
+    """
 
     name: str
     kind: str
     fragment: str
     span: Span
+    holds: Mask
     mask: Mask
     clause: ir.Clause | None = None
     nodes: dict[int, ir.Expr] = field(default_factory=dict)
+    implied: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,11 @@ class Boundary:
                 (self.requires if clause.kind == "requires" else self.ensures).append(check)
         self.requires.sort(key=_report_order)
         self.ensures.sort(key=_report_order)
+        self._fast = {
+            phase: [check for check in checks if not check.implied]
+            for phase, checks in (("requires", self.requires), ("ensures", self.ensures))
+        }
+        self._shape_cache: dict[tuple, tuple[bool, dict[str, int]]] = {}
 
     # ------------------------------------------------------------ building
 
@@ -82,13 +93,16 @@ class Boundary:
         for port in ports:
             tensor = port.type
             name = port.name
+            bounded = tensor.value_range is not None and all(abs(b) != float("inf") for b in tensor.value_range)
             if tensor.finite:
-                checks.append(Check(f"finite({name})", kind, "per-sample", port.span, _finite_check(name)))
+                # A finite range already rejects NaN and infinities on the fast path.
+                checks.append(Check(f"finite({name})", kind, "per-sample", port.span, _finite_holds(name),
+                                    _finite_check(name), implied=bounded))
             if tensor.value_range is not None:
                 low, high = tensor.value_range
                 checks.append(Check(
                     f"{name} in [{_number(low)}, {_number(high)}]", kind, "per-sample", port.span,
-                    _range_check(name, low, high),
+                    _range_holds(name, low, high), _range_check(name, low, high),
                 ))
         return checks
 
@@ -98,32 +112,57 @@ class Boundary:
         except UnsupportedClause as reason:
             self.skipped.append(Skipped(clause, str(reason)))
             return None
-        return Check(clause.name, clause.kind, clause.fragment.value, clause.span, compiled.mask, clause,
-                     compiled.nodes)
+        return Check(clause.name, clause.kind, clause.fragment.value, clause.span, compiled.holds, compiled.mask,
+                     clause, compiled.nodes)
 
     # ------------------------------------------------------------ checking
 
     def ports(self, phase: str) -> tuple[ir.Port, ...]:
         return self.inputs if phase == "requires" else self.outputs
 
-    def check(self, phase: str, values: dict[str, torch.Tensor], bound: dict[str, int]) -> list[Violation]:
-        """Every violation of one phase (`requires` before the call, `ensures` after it)."""
+    def fast(self, phase: str, values: dict[str, object], bound: dict[str, int]) -> torch.Tensor | bool:
+        """The fast path of a phase: a 0-dim bool tensor (no host sync yet), or False for a wrong call.
+
+        Shapes and dtypes are decided here in Python (cached per call signature);
+        values only on the device. Binds the call's symbolic dims into `bound`.
+        """
+        ports = self.ports(phase)
+        if not self._shapes_hold(phase, ports, values, bound):
+            return False
+        checks = self._fast[phase]
+        if not checks:
+            return True
+        ctx = CallContext(_clause_values(values), bound, _batch_size(values, ports))
+        try:
+            result = checks[0].holds(ctx)
+            for check in checks[1:]:
+                result = result & check.holds(ctx)
+        except Exception:  # noqa: BLE001 - the slow path names the check that cannot run
+            return False
+        return result
+
+    def _shapes_hold(self, phase: str, ports, values: dict[str, object], bound: dict[str, int]) -> bool:
+        key = _signature(phase, ports, values, bound)
+        cached = self._shape_cache.get(key) if key is not None else None
+        if cached is None:
+            local = dict(bound)
+            holds = all(check_call_shape(port, values.get(port.name), local) is None for port in ports)
+            cached = (holds, local)
+            if key is not None and len(self._shape_cache) < 256:
+                self._shape_cache[key] = cached
+        holds, local = cached
+        bound.update(local)
+        return holds
+
+    def violations(self, phase: str, values: dict[str, object], bound: dict[str, int]) -> list[Violation]:
+        """The slow path: every violation of one phase, with samples and values."""
         for port in self.ports(phase):
             problem = check_call_shape(port, values.get(port.name), bound)
             if problem is not None:
                 return [Violation(f"type of {port.name}", phase, "per-sample", port.span, problem.message, None)]
         checks = self.requires if phase == "requires" else self.ensures
-        if not checks:
-            return []
-        batch = _batch_size(values, self.ports(phase))
-        ctx = CallContext(_clause_values(values), bound, batch)
-        try:
-            masks = [check.mask(ctx) for check in checks]
-            if bool(torch.stack([m.to(masks[0].device) for m in masks]).all()):
-                return []
-        except Exception:  # noqa: BLE001 - a clause that cannot run is reported per check below
-            masks = None
-        return self._violations(checks, masks, ctx)
+        ctx = CallContext(_clause_values(values), bound, _batch_size(values, self.ports(phase)))
+        return self._violations(checks, None, ctx)
 
     def _violations(self, checks: list[Check], masks, ctx: CallContext) -> list[Violation]:
         found = []
@@ -195,16 +234,34 @@ def _describe_value(value, node: ir.Expr) -> str:
     return summarize(value)
 
 
-def _clause_values(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _signature(phase: str, ports, values: dict[str, object], bound: dict[str, int]) -> tuple | None:
+    """What a shape check depends on, or None when a value is not a tensor (then it is not cached)."""
+    parts: list[object] = [phase, tuple(bound.items())]
+    for port in ports:
+        value = values.get(port.name)
+        if not isinstance(value, torch.Tensor):
+            return None
+        parts.append((value.shape, value.dtype))
+    return tuple(parts)
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _clause_values(values: dict[str, object]) -> dict[str, object]:
     """Port values as clauses see them: detached, and low-precision floats widened to float32."""
-    return {name: _for_clauses(value) for name, value in values.items()}
+    for value in values.values():
+        if isinstance(value, torch.Tensor) and (value.requires_grad or value.dtype in _LOW_PRECISION):
+            return {name: _for_clauses(value) for name, value in values.items()}
+    return values
 
 
 def _for_clauses(value: object) -> object:
     if not isinstance(value, torch.Tensor):
         return value
-    value = value.detach()
-    return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+    if value.requires_grad:
+        value = value.detach()
+    return value.float() if value.dtype in _LOW_PRECISION else value
 
 
 def _batch_size(values: dict[str, torch.Tensor], ports: tuple[ir.Port, ...]) -> int:
@@ -213,6 +270,30 @@ def _batch_size(values: dict[str, torch.Tensor], ports: tuple[ir.Port, ...]) -> 
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             return value.shape[0]
     return 1
+
+
+def _range_holds(name: str, low: float, high: float) -> Mask:
+    def holds(ctx: CallContext) -> torch.Tensor:
+        value = ctx.values[name]
+        if value.numel() == 0:
+            return torch.ones((), dtype=torch.bool)
+        smallest, largest = torch.aminmax(value)
+        # aminmax propagates NaN, and NaN compares false: a NaN anywhere fails here.
+        return (smallest >= low) & (largest <= high)
+
+    return holds
+
+
+def _finite_holds(name: str) -> Mask:
+    def holds(ctx: CallContext) -> torch.Tensor:
+        value = ctx.values[name]
+        if not value.is_floating_point():
+            return torch.ones((), dtype=torch.bool)
+        # A NaN or infinity anywhere makes the sum non-finite; an overflowing sum of finite values only
+        # sends the call down the slow path, which checks element by element.
+        return torch.isfinite(value.sum())
+
+    return holds
 
 
 def _range_check(name: str, low: float, high: float) -> Mask:

@@ -26,9 +26,9 @@ from mdl_lang.backends.torch.monitor import (
     MonitorOptions,
     Session,
     _check_mode,
-    _tracing,
     port_values,
     run_part,
+    should_check,
 )
 from mdl_lang.diagnostics import SourceMap
 from mdl_lang.report import Result
@@ -222,10 +222,7 @@ class ComposedModel(nn.Module):
         return value_range[0] if value_range is not None else float("-inf")
 
     def _should_check(self) -> bool:
-        if self.options.effective_mode == "off" or _tracing():
-            return False
-        self._calls += 1
-        return (self._calls - 1) % self.options.every == 0
+        return should_check(self)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

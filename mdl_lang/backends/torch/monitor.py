@@ -15,6 +15,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -76,7 +77,7 @@ class MonitorOptions:
         return _mode_override.get() or self.mode
 
 
-@dataclass
+@dataclass(slots=True)
 class Session:
     """One monitored call: collects results and decides, per mode, what a failure does."""
 
@@ -84,7 +85,6 @@ class Session:
     sources: SourceMap
     sink: list[Result]
     failed_parts: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
-    replays: int = 0
 
     def report(self, result: Result) -> None:
         mode = self.options.effective_mode
@@ -115,21 +115,38 @@ def run_part(
 ) -> tuple[object, Outcome]:
     """Check requires, run `call`, check ensures; every failure is reported with its blame.
 
-    `own_ensures` decides the blame of a failed ensures when the default (the
-    part itself) does not apply: a composition's ensures blames a failed part first.
+    The value checks of both phases are decided by one host sync after the
+    call; a wrong shape or dtype is caught before it. `own_ensures` decides the
+    blame of a failed ensures when the default (the part itself) does not
+    apply: a composition's ensures blames a failed part first.
     """
     bound: dict[str, int] = {}
-    with torch.no_grad():
-        before = boundary.check("requires", in_values, bound)
-    for violation in before:
-        party = blame.for_requires(boundary.name, violation.name, path, upstream)
-        session.report(_result(boundary, violation, party, in_values, bound, session))
-    raw = call()
+    before_holds = boundary.fast("requires", in_values, bound)
+    if before_holds is False:
+        before = boundary.violations("requires", in_values, {})
+        _report_requires(boundary, before, upstream, path, session, in_values)
+    try:
+        raw = call()
+    except Exception:
+        if before_holds is not False and not _decided(before_holds):
+            # The module failed on input that broke its requires: that is the report.
+            _report_requires(boundary, boundary.violations("requires", in_values, {}), upstream, path, session,
+                             in_values)
+        raise
     outputs = _as_tuple(raw)
-    out_values = dict(zip((p.name for p in boundary.outputs), outputs, strict=False))
-    with torch.no_grad():
-        # An ensures may speak of the inputs too (`y == x / 255`).
-        after = boundary.check("ensures", {**in_values, **out_values}, bound)
+    # An ensures may speak of the inputs too (`y == x / 255`).
+    values = dict(in_values)
+    values.update(zip((p.name for p in boundary.outputs), outputs, strict=False))
+    after_holds = boundary.fast("ensures", values, bound)
+    if before_holds is not False and _decided(before_holds, after_holds):
+        return raw, Outcome(outputs, (), False)
+    slow_bound: dict[str, int] = {}
+    if before_holds is not False:
+        before = boundary.violations("requires", in_values, slow_bound)
+        _report_requires(boundary, before, upstream, path, session, in_values)
+    else:
+        boundary.violations("requires", in_values, slow_bound)
+    after = boundary.violations("ensures", values, slow_bound)
     failed = []
     for violation in after:
         if before:
@@ -139,10 +156,27 @@ def run_part(
                 own_ensures(violation.name) if own_ensures else blame.for_ensures(boundary.name, violation.name, path)
             )
             failed.append(violation.name)
-        session.report(_result(boundary, violation, party, in_values, bound, session))
+        session.report(_result(boundary, violation, party, in_values, slow_bound, session))
     if failed or before:
         session.failed_parts.append((boundary.name, path))
     return raw, Outcome(outputs, tuple(failed), bool(before))
+
+
+def _decided(*verdicts: torch.Tensor | bool) -> bool:
+    """Pass or fail of the fast checks: the one host sync of a monitored call."""
+    combined: torch.Tensor | bool = True
+    for verdict in verdicts:
+        if verdict is False:
+            return False
+        if verdict is not True:
+            combined = verdict if combined is True else combined & verdict
+    return combined is True or bool(combined)
+
+
+def _report_requires(boundary: Boundary, violations, upstream, path, session: Session, in_values) -> None:
+    for violation in violations:
+        party = blame.for_requires(boundary.name, violation.name, path, upstream)
+        session.report(_result(boundary, violation, party, in_values, {}, session))
 
 
 def port_values(ports: tuple[ir.Port, ...], args: tuple, kwargs: dict) -> dict[str, object]:
@@ -219,6 +253,8 @@ class MonitoredModule(nn.Module):
         self.reports: list[Result] = []
         self._calls = 0
         self._boundary: Boundary | None = None
+        self._path = (name,)
+        self._caller = blame.caller(self._path)
 
     @property
     def boundary(self) -> Boundary:
@@ -236,20 +272,18 @@ class MonitoredModule(nn.Module):
         self.options.mode = mode
 
     def forward(self, *args, **kwargs):
-        if not self._should_check():
+        if not should_check(self):
             return self.module(*args, **kwargs)
-        session = Session(self.options, self.sources, self.reports)
+        boundary = self._boundary or self.boundary
+        if len(args) == 1 and not kwargs and len(boundary.inputs) == 1:
+            values = {boundary.inputs[0].name: args[0]}
+        else:
+            values = port_values(boundary.inputs, args, kwargs)
         raw, _ = run_part(
-            self.boundary, lambda: self.module(*args, **kwargs), port_values(self.boundary.inputs, args, kwargs),
-            blame.caller((self.contract_name,)), (self.contract_name,), session,
+            boundary, partial(self.module, *args, **kwargs), values, self._caller, self._path,
+            Session(self.options, self.sources, self.reports),
         )
         return raw
-
-    def _should_check(self) -> bool:
-        if self.options.effective_mode == "off" or _tracing():
-            return False
-        self._calls += 1
-        return (self._calls - 1) % self.options.every == 0
 
     # The monitor is transparent for weights: its state is the wrapped module's.
     def state_dict(self, *args, **kwargs):
@@ -264,11 +298,25 @@ class MonitoredModule(nn.Module):
         return state
 
 
-def _tracing() -> bool:
-    """Whether torch is tracing for export or compilation: checks then stay out of the graph."""
+def _tracing_probes() -> tuple[Callable[[], bool], ...]:
     compiler = getattr(torch, "compiler", None)
-    for probe in ("is_exporting", "is_compiling"):
-        function = getattr(compiler, probe, None)
-        if function is not None and function():
-            return True
-    return bool(torch.jit.is_tracing())
+    probes = [getattr(compiler, name, None) for name in ("is_exporting", "is_compiling")]
+    return (*(probe for probe in probes if probe is not None), torch.jit.is_tracing)
+
+
+# Whether torch is tracing for export or compilation (checks then stay out of the graph);
+# looked up once, since these probes run on every monitored call.
+_TRACING_PROBES = _tracing_probes()
+
+
+def _tracing() -> bool:
+    return any(probe() for probe in _TRACING_PROBES)
+
+
+def should_check(monitor) -> bool:
+    """Whether this call of a monitor (module or composition) is checked: mode, sampling, tracing."""
+    options = monitor.options
+    if (_mode_override.get() or options.mode) == "off" or _tracing():
+        return False
+    monitor._calls += 1
+    return options.every == 1 or (monitor._calls - 1) % options.every == 0
