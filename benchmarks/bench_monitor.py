@@ -92,9 +92,10 @@ def jaxtyping_cnn(model: nn.Module) -> Callable[[Tensor], Tensor]:
 
 def icontract_checked(model: nn.Module, sample_shape: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
     @icontract.require(lambda x: x.dtype == torch.float32 and tuple(x.shape[1:]) == sample_shape)
-    @icontract.require(lambda x: values_ok(x))
+    # icontract binds a condition's arguments by parameter name, hence the lambdas.
+    @icontract.require(lambda x: values_ok(x))  # noqa: PLW0108
     @icontract.ensure(lambda x, result: result.dtype == torch.float32 and result.shape == (x.shape[0], 10))
-    @icontract.ensure(lambda result: simplex_ok(result))
+    @icontract.ensure(lambda result: simplex_ok(result))  # noqa: PLW0108
     def checked(x: Tensor) -> Tensor:
         return model(x)
 
