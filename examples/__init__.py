@@ -1,0 +1,1 @@
+"""Worked examples: the factories that the specs' `python "..."` bindings name."""
