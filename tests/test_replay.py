@@ -1,0 +1,109 @@
+"""Reports leave the process: mdl-report/1 JSON, `mdl blame` on it, and `mdl replay` of saved inputs."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+import mdl_lang
+from mdl_lang.cli import main
+from mdl_lang.report import Report, Result
+
+SPEC = textwrap.dedent("""
+    labels Digit = {0..9}
+    dim B : batch
+    interface Classifier {
+      input  x: Tensor[B, 4] float32 in [0, 1]
+      output y: Tensor[B, Digit] float32
+      ensures scores: finite(y)
+    }
+    module broken : Classifier { python "models:broken" }
+    module unbound : Classifier
+""")
+
+MODELS = textwrap.dedent("""
+    import torch
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            y = torch.zeros(x.shape[0], 10)
+            return torch.where(x[:, :1] > 0.5, torch.full_like(y, float("nan")), y)
+
+    def broken():
+        return Broken()
+""")
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    (tmp_path / "spec.mdl").write_text(SPEC)
+    (tmp_path / "models.py").write_text(MODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def failing_run(project):
+    import models
+
+    spec = mdl_lang.load(project / "spec.mdl")
+    model = spec.bind("broken", models.broken(), mode="record", replay_dir=project / "reports")
+    x = torch.tensor([[0.9, 0, 0, 0], [0.1, 0, 0, 0], [0.7, 0, 0, 0]])
+    model(x)
+    return model.reports
+
+
+def test_json_round_trip_keeps_blame_and_witness(project):
+    (result,) = failing_run(project)
+    document = Report("monitor", [result]).to_json()
+    assert document["schema"] == "mdl-report/1"
+    assert document["summary"] == {"pass": 0, "fail": 1, "unknown": 0, "skip": 0}
+    entry = document["results"][0]
+    assert entry["verdict"] == "fail" and entry["backend"] == "monitor"
+    assert entry["blame"] == {
+        "party": "broken", "role": "module", "path": ["broken"],
+        "reason": "ensures `scores` failed while its requires held",
+    }
+    assert entry["witness"]["samples"] == [0, 2]
+    restored = Result.from_json(json.loads(json.dumps(entry)))
+    assert restored.blame == result.blame
+    assert restored.witness.samples == result.witness.samples
+
+
+def test_mdl_blame_renders_a_saved_report(project, capsys):
+    results = failing_run(project)
+    (project / "report.json").write_text(Report("monitor", results).dumps())
+    assert main(["blame", "report.json"]) == 1
+    text = capsys.readouterr().out
+    assert "blame: broken (module)" in text
+    assert "samples: 0, 2" in text
+    assert "spec.mdl:7:" in text
+
+
+def test_mdl_blame_rejects_what_is_not_a_report(project, capsys):
+    (project / "bad.json").write_text("{not json")
+    assert main(["blame", "bad.json"]) == 2
+    assert "not a JSON report" in capsys.readouterr().err
+    assert main(["blame", "missing.json"]) == 2
+
+
+def test_mdl_replay_reproduces_the_failure(project, capsys):
+    (result,) = failing_run(project)
+    saved = torch.load(result.witness.replay, weights_only=True)
+    assert saved["inputs"]["x"].shape == (2, 4)
+    assert main(["replay", result.witness.replay]) == 1
+    out = capsys.readouterr().out
+    assert "blame: broken (module)" in out and "samples: 0, 1" in out
+
+
+def test_mdl_replay_without_a_binding_explains_the_one_liner(project, capsys):
+    spec = mdl_lang.load(project / "spec.mdl")
+    model = spec.bind("unbound", torch.nn.Identity(), mode="record", replay_dir=project / "reports")
+    model(torch.rand(2, 4) + 2)
+    replay = model.reports[0].witness.replay
+    assert main(["replay", replay]) == 2
+    err = capsys.readouterr().err
+    assert "no `python \"...\"` binding" in err and "spec.bind(" in err
