@@ -92,3 +92,21 @@ def test_bound_vote_composition_runs_the_rule_and_monitors_each_part():
     # The vote's own simplex then fails too; a part broke its contract first, so a part is blamed.
     own = [r for r in voted.reports if r.component == "voted"]
     assert own and all(r.blame.party in parts for r in own)
+
+
+class Always(nn.Module):
+    """A concern that claims its label on every input, with score 0.99."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([[0.99, 0.01]]).expand(x.shape[0], 2)
+
+
+def test_replace_runs_the_new_part_in_the_old_ones_place():
+    spec = mdl_lang.load(SPEC)
+    parts = {f"m{k}": Concern(k, seed=k) for k in range(10) if k != 5}
+    parts["m5_v2"] = Always()
+    repaired = spec.bind("repaired", parts=parts, mode="record", replay_dir=None)
+    decided = repaired(torch.rand(32, 8)).argmax(dim=1)
+    assert (decided == 5).all(), "the replacement claims with the highest score everywhere"
+    with pytest.raises(mdl_lang.BindError, match="m5"):
+        spec.bind("repaired", parts={**parts, "m5": Concern(5, seed=5)})
