@@ -28,7 +28,7 @@ def reference_decision(scores: list[torch.Tensor], part_labels: list[ir.LabelSet
     if claims:
         return max(claims, key=lambda claim: claim[0])[1]
     own = [
-        (float(part_scores[sample][position]), label)
+        (float(part_scores[sample][position].detach()), label)
         for part_scores, labels in zip(scores, part_labels, strict=True)
         for position, label in enumerate(labels.labels) if label is not ir.OTHER
     ]
