@@ -20,6 +20,10 @@ class BindingError(Exception):
     """A binding that cannot be resolved or whose factory fails."""
 
 
+class MissingBinding(BindingError):
+    """A module or data set the spec gives no `python "..."` binding."""
+
+
 @contextmanager
 def _import_path(spec_dir: Path) -> Iterator[None]:
     added = [str(spec_dir.resolve()), str(Path.cwd())]
@@ -59,7 +63,7 @@ def instantiate(target: str, spec_file: str | Path) -> object:
 def module_for(component: ir.Module, spec_file: str | Path) -> object:
     """The nn.Module a module's binding makes."""
     if component.binding is None:
-        raise BindingError(f'module `{component.name}` has no `python "..."` binding')
+        raise MissingBinding(f'module `{component.name}` has no `python "..."` binding')
     return instantiate(component.binding, spec_file)
 
 

@@ -1,4 +1,4 @@
-"""The `mdl` command line: `check`, `fmt`, `blame`, `replay` (further commands join as their issues land).
+"""The `mdl` command line: `check`, `fmt`, `test`, `blame`, `replay`.
 
 Exit codes, for every command: 0 everything checked holds; 1 a spec error or
 a failed clause; 2 usage or environment error. No input ends in a traceback.
@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mdl_lang.diagnostics import Diagnostic, SourceMap, render_all
-from mdl_lang.semantics.checker import CheckResult, check_paths, display_path, expand_paths
+from mdl_lang.report import Report, Result, Verdict, render_result
+from mdl_lang.semantics.checker import CheckResult, check_paths, default_root, display_path, expand_paths
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -60,6 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("paths", nargs="+", type=Path, metavar="PATH", help=".mdl files or folders of them")
     fmt.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file is not formatted")
     fmt.set_defaults(handler=_run_fmt)
+
+    test = commands.add_parser("test", help="bind modules through their bindings and test every clause")
+    test.add_argument("paths", nargs="+", type=Path, metavar="PATH", help=".mdl files or folders of them")
+    test.add_argument("--module", action="append", metavar="M", help="test only this component (repeatable)")
+    test.add_argument("--format", choices=("text", "json"), default="text", help="output for people or machines")
+    test.add_argument("--seed", type=int, default=0, help="seed of the generated inputs and attacks")
+    test.add_argument("--max-examples", type=int, default=100, help="generated batches per clause")
+    test.add_argument("--strict", action="store_true", help="treat unknown verdicts as failures")
+    test.add_argument("--root", type=Path, help="the spec root imports must stay in")
+    test.add_argument("--replay-dir", type=Path, default=Path("reports"), help="where failing inputs are saved")
+    test.set_defaults(handler=_run_test)
 
     blame = commands.add_parser("blame", help="render a saved mdl-report/1 JSON report for people")
     blame.add_argument("report", type=Path, metavar="REPORT.json")
@@ -164,12 +176,65 @@ def _run_fmt(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- test
+
+
+def _run_test(args: argparse.Namespace) -> int:
+    from mdl_lang.bindings import BindingError
+    from mdl_lang.compiler import load
+    from mdl_lang.testing import ContractTester, TestSettings
+
+    files = _existing(args.paths)
+    checked = check_paths(args.paths, args.root)
+    report = Report("test", diagnostics=list(checked.diagnostics))
+    if checked.has_errors:
+        return _print_test_report(args, report, checked.sources)
+    settings = TestSettings(
+        seed=args.seed, max_examples=args.max_examples, replay_dir=args.replay_dir,
+        progress=None if args.format == "json" else lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    wanted = set(args.module or ())
+    for path in files:
+        spec = load(path, args.root or default_root(args.paths))
+        tester = ContractTester(spec, settings)
+        for name in spec.components():
+            if wanted and name not in wanted:
+                continue
+            try:
+                report.results.extend(tester.run(name))
+            except BindingError as error:
+                raise UsageError(str(error)) from error
+        report.diagnostics.extend(tester.diagnostics)
+    unknown_names = wanted - {r.component for r in report.results}
+    if unknown_names:
+        raise UsageError(f"no module or composition named {', '.join(sorted(unknown_names))}")
+    status = _print_test_report(args, report, checked.sources)
+    if status == EXIT_OK and args.strict and any(r.verdict is Verdict.UNKNOWN for r in report.results):
+        return EXIT_FAILED
+    return status
+
+
+def _print_test_report(args: argparse.Namespace, report: Report, sources: SourceMap) -> int:
+    if args.format == "json":
+        print(report.dumps())
+    else:
+        if report.diagnostics:
+            print(render_all(report.diagnostics, sources))
+        shown = [r for r in report.results if r.verdict is not Verdict.PASS]
+        for result in shown:
+            print(render_result(result, sources) + "\n")
+        counts = report.summary()
+        print(", ".join(f"{counts[v.value]} {label}" for v, label in (
+            (Verdict.PASS, "passed"), (Verdict.FAIL, "failed"), (Verdict.UNKNOWN, "unknown"), (Verdict.SKIP, "skipped"),
+        )))
+    failed = any(d.is_error for d in report.diagnostics) or any(r.verdict is Verdict.FAIL for r in report.results)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 # ---------------------------------------------------------------- blame
 
 
 def _run_blame(args: argparse.Namespace) -> int:
-    from mdl_lang.report import Result, Verdict, render_result
-
     try:
         document = json.loads(args.report.read_text(encoding="utf-8"))
     except FileNotFoundError as error:

@@ -3,8 +3,11 @@
 A compiled clause maps the tensors of one call (batch axis first) to a bool
 mask of shape [N]: True where the sample keeps the clause. Each IR node kind
 has an `emit_<Node>` method returning a closure; nodes this backend cannot
-run (relational and statistical ones) raise `UnsupportedClause`, which the caller
-turns into a `skip` with the reason, never a pass.
+run (statistical ones, and the searches of relational ones, which
+`relational.py` adds) raise `UnsupportedClause`, which the caller turns into
+a `skip` with the reason, never a pass. `self(...)` is evaluated when the
+context carries the module; a variable bound by a ball quantifier reads the
+perturbed input the context holds under its name.
 
 Values flowing between closures are either sample-independent Python numbers
 or tensors whose first axis is the batch. Label values are held as positions
@@ -26,12 +29,17 @@ Value = torch.Tensor | float | int | bool
 
 @dataclass(slots=True)
 class CallContext:
-    """What one monitored call provides: port tensors and the dims bound by the shape check."""
+    """What one call provides: port tensors and the dims bound by the shape check.
+
+    `module` is the module itself, called with its inputs in port order, for
+    clauses that apply it to other inputs (`self(...)`); a monitor leaves it out.
+    """
 
     values: dict[str, torch.Tensor]
     dims: dict[str, int]
     batch: int
     trace: dict[int, Value] | None = None
+    module: Callable[..., object] | None = None
 
 
 Closure = Callable[[CallContext], Value]
@@ -67,7 +75,7 @@ def _rank_of(value: Value) -> int:
     return value.dim() - 1 if isinstance(value, torch.Tensor) else -1
 
 
-def _align(left: Value, right: Value) -> tuple[Value, Value]:
+def align(left: Value, right: Value) -> tuple[Value, Value]:
     """Insert axes after the batch axis so per-sample shapes broadcast from the right."""
     left_rank, right_rank = _rank_of(left), _rank_of(right)
     if left_rank < 0 or right_rank < 0 or left_rank == right_rank:
@@ -77,14 +85,14 @@ def _align(left: Value, right: Value) -> tuple[Value, Value]:
     return left, _widen(right, left_rank - right_rank)
 
 
-def _aligner(left: ir.Expr, right: ir.Expr) -> Callable[[Value, Value], tuple[Value, Value]]:
+def aligner(left: ir.Expr, right: ir.Expr) -> Callable[[Value, Value], tuple[Value, Value]]:
     """How to align two operands for broadcasting, decided at compile time where ranks are known."""
     if _is_constant(left) or _is_constant(right):
         return _unchanged
     left_rank, right_rank = sample_rank(left.type), sample_rank(right.type)
     if left_rank is not None and left_rank == right_rank:
         return _unchanged
-    return _align
+    return align
 
 
 def _is_constant(expr: ir.Expr) -> bool:
@@ -135,8 +143,8 @@ def _flat(value: torch.Tensor) -> torch.Tensor:
 class PredicateCompiler:
     """Compiles the IR of per-sample clauses; one instance per bound module."""
 
-    def __init__(self, traced: bool = False) -> None:
-        self._labels: dict[str, ir.Label] = {}
+    def __init__(self, traced: bool = False, labels: dict[str, ir.Label] | None = None) -> None:
+        self._labels: dict[str, ir.Label] = dict(labels or {})
         self._traced = traced
         self.nodes: dict[int, ir.Expr] = {}
 
@@ -209,8 +217,12 @@ class PredicateCompiler:
         return lambda ctx: ctx.values[name]
 
     def emit_VarRef(self, expr: ir.VarRef) -> Closure:
+        """A quantified label is a constant once unrolled; a perturbed input (`x2`) is a value of the context."""
+        if expr.type.element is not ir.Element.LABEL:
+            name = expr.name
+            return lambda ctx: ctx.values[name]
         if expr.name not in self._labels:
-            raise UnsupportedClause(f"`{expr.name}` ranges over perturbed inputs; `mdl test` checks such clauses")
+            raise UnsupportedClause(f"label variable `{expr.name}` is not bound by a quantifier here")
         position = expr.type.labels.position(self._labels[expr.name])
         return lambda ctx: position
 
@@ -219,8 +231,8 @@ class PredicateCompiler:
     def emit_Arith(self, expr: ir.Arith) -> Closure:
         left, right = self.emit(expr.left), self.emit(expr.right)
         operation = _ARITHMETIC[expr.op]
-        align = _aligner(expr.left, expr.right)
-        return lambda ctx: operation(*align(left(ctx), right(ctx)))
+        fit = aligner(expr.left, expr.right)
+        return lambda ctx: operation(*fit(left(ctx), right(ctx)))
 
     def emit_Neg(self, expr: ir.Neg) -> Closure:
         operand = self.emit(expr.operand)
@@ -240,21 +252,21 @@ class PredicateCompiler:
 
     def emit_Compare(self, expr: ir.Compare) -> Closure:
         operands = [self._comparable(operand, expr) for operand in expr.operands]
-        aligners = [_aligner(expr.operands[i], expr.operands[i + 1]) for i in range(len(expr.ops))]
+        aligners = [aligner(expr.operands[i], expr.operands[i + 1]) for i in range(len(expr.ops))]
         if expr.tolerance is not None:
             tolerance = self.emit(expr.tolerance)
             tests = [lambda a, b, ctx: _close(a, b, tolerance(ctx)) for _ in expr.ops]
         else:
             tests = [_comparison(op) for op in expr.ops]
         if len(expr.ops) == 1:
-            (left, right), (align,), (test,) = operands, aligners, tests
-            return lambda ctx: test(*align(left(ctx), right(ctx)), ctx)
+            (left, right), (fit,), (test,) = operands, aligners, tests
+            return lambda ctx: test(*fit(left(ctx), right(ctx)), ctx)
 
         def chain(ctx: CallContext) -> Value:
             values = [operand(ctx) for operand in operands]
             result: Value = True
-            for position, (align, test) in enumerate(zip(aligners, tests, strict=True)):
-                holds = test(*align(values[position], values[position + 1]), ctx)
+            for position, (fit, test) in enumerate(zip(aligners, tests, strict=True)):
+                holds = test(*fit(values[position], values[position + 1]), ctx)
                 result = holds if result is True else _conjoin(result, holds)
             return result
 
@@ -277,7 +289,7 @@ class PredicateCompiler:
 
         def in_range(ctx: CallContext) -> Value:
             v = value(ctx)
-            lo, hi = _align(low(ctx), v)[0], _align(high(ctx), v)[0]
+            lo, hi = align(low(ctx), v)[0], align(high(ctx), v)[0]
             return _conjoin(_ge(v, lo), _le(v, hi))
 
         return in_range
@@ -341,6 +353,20 @@ class PredicateCompiler:
         options = {name: value.value for name, value in expr.options if isinstance(value, ir.Const)}
         return handler(args, options, expr)
 
+    def emit_SelfCall(self, expr: ir.SelfCall) -> Closure:
+        """The module applied to the argument values (in input-port order); the value is its output `output`."""
+        args = [self.emit(arg) for arg in expr.args]
+        output = expr.output
+
+        def call(ctx: CallContext) -> Value:
+            if ctx.module is None:
+                raise UnsupportedClause("`self(...)` runs the module again; `mdl test` checks such clauses")
+            inputs = [batched(arg(ctx), ctx.batch) for arg in args]
+            result = outputs_by_port(ctx.module(*inputs), (output,))[output]
+            return result.float() if result.dtype in (torch.float16, torch.bfloat16) else result
+
+        return call
+
     def emit_LabelQuantifier(self, expr: ir.LabelQuantifier) -> Closure:
         bodies = []
         for label in expr.labels.labels:
@@ -363,7 +389,7 @@ class PredicateCompiler:
     def _elementwise(self, operation) -> Callable:
         def build(args, options, expr):
             (argument,) = args
-            return lambda ctx: operation(_as_float(argument(ctx)))
+            return lambda ctx: operation(as_float(argument(ctx)))
 
         return build
 
@@ -393,11 +419,11 @@ class PredicateCompiler:
 
     def call_softmax(self, args, options, expr):
         (argument,) = args
-        return lambda ctx: softmax(_as_float(argument(ctx)))
+        return lambda ctx: softmax(as_float(argument(ctx)))
 
     def call_clamp(self, args, options, expr):
         value, low, high = args
-        return lambda ctx: torch.clamp(_as_float(value(ctx)), min=low(ctx), max=high(ctx))
+        return lambda ctx: torch.clamp(as_float(value(ctx)), min=low(ctx), max=high(ctx))
 
     def call_sum(self, args, options, expr):
         return self._reduce(args, expr, lambda flat: flat.sum(dim=1))
@@ -461,10 +487,30 @@ class PredicateCompiler:
         left, right = args
 
         def pairwise(ctx: CallContext) -> Value:
-            a, b = _align(left(ctx), right(ctx))
+            a, b = align(left(ctx), right(ctx))
             return operation(torch.as_tensor(a), torch.as_tensor(b))
 
         return pairwise
+
+
+def batched(value: Value, batch: int) -> torch.Tensor:
+    """A value as a module input: a sample-independent number repeated over the batch."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        return value
+    return torch.as_tensor(value).expand(batch)
+
+
+def outputs_by_port(raw: object, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """A module's result as output ports: one tensor, a tuple in port order, or a dict by port name."""
+    if isinstance(raw, torch.Tensor):
+        return {names[0]: raw}
+    if isinstance(raw, dict):
+        if all(name in raw for name in names):
+            return {name: raw[name] for name in names}
+        return dict(zip(names, raw.values(), strict=False))
+    if isinstance(raw, (tuple, list)):
+        return dict(zip(names, raw, strict=False))
+    raise UnsupportedClause(f"the module returned {type(raw).__name__}, not tensors for its outputs")
 
 
 def softmax(value: torch.Tensor) -> torch.Tensor:
@@ -515,7 +561,7 @@ def _lookup(table: torch.Tensor, positions: Value) -> Value:
     return bool(table[positions]) if table.dtype == torch.bool else int(table[positions])
 
 
-def _as_float(value: Value) -> Value:
+def as_float(value: Value) -> Value:
     if isinstance(value, torch.Tensor) and not value.is_floating_point():
         return value.float()
     return value

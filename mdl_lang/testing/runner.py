@@ -1,0 +1,466 @@
+"""`mdl test`: every clause of a component checked by the backend its fragment calls for.
+
+- per-sample clauses and output types: property-based tests (`pbt`): hypothesis
+  draws batches that keep the requires, the monitored component runs on them,
+  and a failing batch is shrunk and saved for replay;
+- relational clauses: the same batches, then random search and a projected
+  gradient attack inside the ball, every counterexample confirmed by re-running;
+- statistical clauses: the data set of the clause, one-sided Clopper-Pearson
+  bounds (`stat`); a failing `vote` blames the parts whose own per-label clauses
+  fail on the same data;
+- cost clauses: counted or timed (`cost`).
+
+This module orchestrates backends; it is the one place that imports several.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis.errors import HypothesisException
+from torch import nn
+
+from mdl_lang import blame, ir
+from mdl_lang.backends.hypothesis import strategies
+from mdl_lang.backends.torch import cost as cost_backend
+from mdl_lang.backends.torch import relational, statistics
+from mdl_lang.backends.torch.boundary import Boundary
+from mdl_lang.backends.torch.monitor import monitor_mode
+from mdl_lang.backends.torch.predicates import CallContext, UnsupportedClause
+from mdl_lang.backends.torch.refinements import check_call_shape
+from mdl_lang.bindings import BindingError, MissingBinding, instantiate, module_for, parts_for
+from mdl_lang.compiler import CheckedSpec
+from mdl_lang.diagnostics import Diagnostic
+from mdl_lang.report import Blame, Result, Role, Verdict, Witness
+
+PARTS_FIT = "parts fit"
+
+
+@dataclass
+class TestSettings:
+    """How hard to test: examples per clause, the seed, batch sizes, where failing inputs go."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    seed: int = 0
+    max_examples: int = 100
+    relational_examples: int = 20
+    batch: tuple[int, int] = (1, 8)
+    replay_dir: Path | None = Path("reports")
+    progress: Callable[[str], None] | None = None
+
+
+@dataclass(frozen=True)
+class ClauseItem:
+    """One test: a clause (or an output type, or a composition's fit) of one component."""
+
+    component: str
+    name: str
+    kind: str
+    fragment: str
+    backend: str
+    span: object
+    clause: ir.Clause | ir.CostClause | None = None
+
+
+def clause_items(spec: CheckedSpec, name: str) -> list[ClauseItem]:
+    """Every test of a component, in the order `mdl test` runs them."""
+    component = spec.component(name)
+    if component is None:
+        raise KeyError(name)
+    boundary = Boundary(name, component, spec.sources)
+    items = [
+        ClauseItem(name, check.name, "requires", check.fragment, "pbt", check.span, check.clause)
+        for check in boundary.requires if check.clause is not None
+    ]
+    items += [
+        ClauseItem(name, check.name, "ensures", check.fragment, "pbt", check.span, check.clause)
+        for check in boundary.ensures
+    ]
+    if isinstance(component, ir.Composition):
+        items.append(ClauseItem(name, PARTS_FIT, "ensures", "per-sample", "pbt", component.span))
+    for skipped in boundary.skipped:
+        clause = skipped.clause
+        backend = "stat" if clause.fragment is ir.Fragment.STATISTICAL else "pbt"
+        items.append(ClauseItem(name, clause.name, clause.kind, clause.fragment.value, backend, clause.span, clause))
+    items += [
+        ClauseItem(name, cost.name, "ensures", "cost", "cost", cost.span, cost) for cost in component.all_costs
+    ]
+    return items
+
+
+class Undecided(Exception):
+    """The test could not reach a verdict; the message says why."""
+
+
+class _ClauseFailed(Exception):
+    """Raised inside a hypothesis property so that hypothesis shrinks the batch."""
+
+
+@dataclass
+class _Found:
+    result: Result | None = None
+    batch: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class ContractTester:
+    """Tests the components of one checked spec; models come from bindings unless given."""
+
+    def __init__(self, spec: CheckedSpec, settings_: TestSettings | None = None) -> None:
+        self.spec = spec
+        self.settings = settings_ or TestSettings()
+        self.diagnostics: list[Diagnostic] = []
+        self._models: dict[str, nn.Module] = {}
+
+    # ------------------------------------------------------------ models
+
+    def provide(self, name: str, module: nn.Module | None = None, parts: dict[str, nn.Module] | None = None) -> None:
+        """Use these modules for `name` instead of its bindings."""
+        component = self.spec.component(name)
+        if isinstance(component, ir.Composition):
+            parts = parts or parts_for(self.spec, component)
+            self._models[name] = self.spec.bind(name, parts=parts, mode="record", replay_dir=None)
+            # The parts' own clauses (a vote's blame) are measured on the very modules composed.
+            for part_name, part in parts.items():
+                self._models[part_name] = part
+        else:
+            self._models[name] = module if module is not None else module_for(component, self.spec.file)
+
+    def _raw(self, name: str) -> nn.Module:
+        if name not in self._models:
+            self.provide(name)
+        return self._models[name]
+
+    def _monitored(self, name: str, replay_dir: Path | None = None) -> nn.Module:
+        raw = self._raw(name)
+        component = self.spec.component(name)
+        if isinstance(component, ir.Composition):
+            raw.reports.clear()
+            raw.options.replay_dir = replay_dir
+            return raw
+        return self.spec.bind(name, raw, mode="record", replay_dir=replay_dir)
+
+    # ------------------------------------------------------------ running
+
+    def run(self, name: str, only: set[str] | None = None) -> list[Result]:
+        """Every test of a component (or only the named clauses)."""
+        items = [item for item in clause_items(self.spec, name) if only is None or item.name in only]
+        try:
+            self._raw(name)
+        except MissingBinding as error:
+            return [self._skip(item, f"no module to test: {error}") for item in items]
+        results = []
+        for position, item in enumerate(items, start=1):
+            started = time.perf_counter()
+            result = self.run_item(item)
+            results.append(result)
+            self._progress(f"[{position}/{len(items)}] {item.component} · {item.name} ({item.backend}): "
+                           f"{result.verdict.value} in {time.perf_counter() - started:.1f}s")
+        return results
+
+    def run_item(self, item: ClauseItem) -> Result:
+        """One test, its verdict and, on failure, its blame and witness."""
+        if item.kind == "requires":
+            return self._skip(item, "a requires is the caller's obligation; `mdl test` draws inputs that keep it")
+        try:
+            self._raw(item.component)
+        except MissingBinding as error:
+            return self._skip(item, f"no module to test: {error}")
+        try:
+            if item.backend == "cost":
+                return self._cost(item)
+            if item.backend == "stat":
+                return self._statistical(item)
+            if item.fragment == ir.Fragment.RELATIONAL.value:
+                return self._relational(item)
+            return self._per_sample(item)
+        except (UnsupportedClause, statistics.UnsupportedStatistic, MissingBinding) as reason:
+            return self._unreachable(item, str(reason))
+        except (strategies.StarvedRequires, strategies.UnsatisfiableRequires) as starved:
+            return self._result(item, Verdict.UNKNOWN, f"inputs cannot be drawn: {starved}")
+        except Undecided as reason:
+            return self._result(item, Verdict.UNKNOWN, str(reason))
+
+    # ------------------------------------------------------------ per-sample: property-based tests
+
+    def _per_sample(self, item: ClauseItem) -> Result:
+        component = self.spec.component(item.component)
+        monitored = self._monitored(item.component)
+        found = _Found()
+        inputs = component.interface.inputs
+
+        def failing(report: Result) -> bool:
+            if report.verdict is not Verdict.FAIL:
+                return False
+            if item.name == PARTS_FIT:
+                return report.component != item.component
+            return report.component == item.component and report.clause == item.name
+
+        def property_(batch: dict[str, torch.Tensor]) -> None:
+            monitored.reports.clear()
+            try:
+                monitored(*(batch[port.name] for port in inputs))
+            except Exception as error:
+                found.result = self._crash(item, error)
+                found.batch = batch
+                raise _ClauseFailed from error
+            matches = [report for report in monitored.reports if failing(report)]
+            if matches:
+                found.result, found.batch = matches[0], batch
+                raise _ClauseFailed
+
+        self._hypothesis(property_, self._strategy(component), self.settings.max_examples)
+        if found.result is None:
+            return self._result(item, Verdict.PASS, f"held on {self.settings.max_examples} generated batches")
+        return self._confirmed(item, found)
+
+    def _strategy(self, component: ir.Component):
+        boundary = Boundary(component.name, component, self.spec.sources)
+        return strategies.inputs(component, batch=self.settings.batch, keep=_requires_mask(boundary))
+
+    def _hypothesis(self, property_, strategy, examples: int) -> None:
+        test = seed(self.settings.seed)(
+            settings(
+                max_examples=examples, database=None, deadline=None, derandomize=False,
+                suppress_health_check=list(HealthCheck),
+            )(given(strategy)(property_))
+        )
+        try:
+            test()
+        except _ClauseFailed:
+            return
+        except HypothesisException as error:
+            # Hypothesis gave up (no valid batch, or a flaky failure): never a pass.
+            raise Undecided(f"hypothesis stopped: {type(error).__name__}: {error}") from error
+
+    def _confirmed(self, item: ClauseItem, found: _Found) -> Result:
+        """Re-run the shrunk batch once with replays on, for the report that is kept."""
+        if found.result is not None and found.result.backend != "monitor":
+            return found.result
+        component = self.spec.component(item.component)
+        monitored = self._monitored(item.component, self.settings.replay_dir)
+        with torch.no_grad():
+            monitored(*(found.batch[port.name] for port in component.interface.inputs))
+        matches = [r for r in monitored.reports if r.verdict is Verdict.FAIL and (
+            r.clause == found.result.clause and r.component == found.result.component)]
+        result = matches[0] if matches else found.result
+        return Result(
+            item.component, item.name, item.kind, item.fragment, "pbt", Verdict.FAIL, result.span, result.message,
+            result.blame, result.witness,
+        )
+
+    def _crash(self, item: ClauseItem, error: Exception) -> Result:
+        party = Blame(item.component, Role.MODULE, (item.component,),
+                      f"raised {type(error).__name__} on an input that keeps its requires: {error}")
+        return Result(item.component, item.name, item.kind, item.fragment, "pbt", Verdict.FAIL, item.span,
+                      f"`{item.component}` raised {type(error).__name__}", party)
+
+    # ------------------------------------------------------------ relational
+
+    def _relational(self, item: ClauseItem) -> Result:
+        component = self.spec.component(item.component)
+        model = self._raw(item.component)
+        generator = torch.Generator().manual_seed(self.settings.seed)
+        found = _Found()
+        verdicts = []
+
+        def call(*args):
+            with monitor_mode("off"):
+                return model(*args)
+
+        def property_(batch: dict[str, torch.Tensor]) -> None:
+            verdict = relational.check_relational(
+                item.clause, call, batch, component.interface.ports, generator=generator,
+            )
+            verdicts.append(verdict)
+            if verdict.failing:
+                path = (item.component,)
+                found.result = Result(
+                    item.component, item.name, item.kind, item.fragment, "pbt", Verdict.FAIL, item.span,
+                    f"ensures `{item.name}` of `{item.component}` has a confirmed counterexample",
+                    blame.for_ensures(item.component, item.name, path),
+                    Witness(verdict.failing, verdict.values, self._save(item, verdict.counterexample)),
+                )
+                raise _ClauseFailed
+
+        self._hypothesis(property_, self._strategy(component), self.settings.relational_examples)
+        if found.result is not None:
+            return found.result
+        return self._result(item, Verdict.PASS, f"no counterexample in {len(verdicts)} batches "
+                                                "(random search and a gradient attack, each confirmed)")
+
+    def _save(self, item: ClauseItem, tensors: dict[str, torch.Tensor] | None) -> str | None:
+        folder = self.settings.replay_dir
+        if folder is None or not tensors:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{item.component}-{_file_safe(item.name)}-counterexample.pt"
+        torch.save({
+            "schema": "mdl-replay/1", "spec": self.spec.file, "component": item.component, "clause": item.name,
+            "kind": item.kind, "samples": [0], "inputs": {k: v.detach().cpu() for k, v in tensors.items()},
+        }, path)
+        return str(path)
+
+    # ------------------------------------------------------------ statistical
+
+    def _statistical(self, item: ClauseItem) -> Result:
+        clause: ir.Clause = item.clause  # type: ignore[assignment]
+        data = self._data(clause)
+        component = self.spec.component(item.component)
+        scores = self._scores(item.component, data[0])
+        verdict = statistics.evaluate_statistical(
+            clause, scores, data[1], _output_labels(component), self._data_labels(clause),
+        )
+        values = verdict.values
+        if verdict.verdict == "pass":
+            return self._result(item, Verdict.PASS, verdict.reason, values=values)
+        if verdict.verdict == "unknown":
+            return self._result(item, Verdict.UNKNOWN, verdict.reason, values=values)
+        party = self._statistical_blame(item, component, data)
+        return Result(item.component, item.name, item.kind, item.fragment, "stat", Verdict.FAIL, item.span,
+                      verdict.reason, party, Witness((), values))
+
+    def _statistical_blame(self, item: ClauseItem, component: ir.Component, data) -> Blame:
+        path = (item.component,)
+        parts = _vote_parts(component)
+        if parts is None:
+            return blame.for_ensures(item.component, item.name, path)
+        failing = []
+        for part_name in parts:
+            part = self.spec.component(part_name)
+            for clause in part.all_clauses:
+                if clause.fragment is not ir.Fragment.STATISTICAL:
+                    continue
+                scores = self._part_scores(part_name, data[0])
+                verdict = statistics.evaluate_statistical(
+                    clause, scores, data[1], _output_labels(part), self._data_labels(clause),
+                )
+                if verdict.verdict == "fail":
+                    failing.append((part_name, clause.name))
+        return blame.for_statistical_vote(item.component, item.name, path, tuple(failing))
+
+    def _data(self, clause: ir.Clause) -> tuple[torch.Tensor, torch.Tensor]:
+        declared = self._declared_data(clause)
+        if declared.binding is None:
+            raise MissingBinding(f"data set `{declared.name}` has no `python \"...\"` binding to load it from")
+        loaded = instantiate(declared.binding, self.spec.file)
+        if isinstance(loaded, tuple) and len(loaded) == 2:
+            return loaded[0], torch.as_tensor(loaded[1]).long()
+        if isinstance(loaded, torch.utils.data.Dataset):
+            pairs = [loaded[i] for i in range(len(loaded))]
+            return torch.stack([p[0] for p in pairs]), torch.as_tensor([int(p[1]) for p in pairs])
+        raise BindingError(f"data binding `{declared.binding}` returned {type(loaded).__name__}, "
+                           "not an (inputs, labels) pair or a Dataset")
+
+    def _declared_data(self, clause: ir.Clause) -> ir.Data:
+        head, _, rest = clause.data.partition(".")
+        spec = self.spec.imports.get(head) if rest else self.spec
+        data = spec.data.get(rest or head) if spec else None
+        if data is None:
+            raise BindingError(f"no data set `{clause.data}`")
+        return data
+
+    def _data_labels(self, clause: ir.Clause) -> ir.LabelSet:
+        return self._declared_data(clause).labels
+
+    def _scores(self, name: str, inputs: torch.Tensor) -> torch.Tensor:
+        model = self._raw(name)
+        with torch.no_grad(), monitor_mode("off"):
+            return torch.cat([_first(model(inputs[i:i + 1024])) for i in range(0, len(inputs), 1024)])
+
+    def _part_scores(self, name: str, inputs: torch.Tensor) -> torch.Tensor:
+        return self._scores(name, inputs)
+
+    # ------------------------------------------------------------ cost
+
+    def _cost(self, item: ClauseItem) -> Result:
+        component = self.spec.component(item.component)
+        model = self._raw(item.component)
+        inputs = component.interface.inputs
+        with monitor_mode("off"):
+            verdict = cost_backend.measure_cost(
+                item.clause, model, lambda batch: cost_backend.example_inputs(inputs, batch),
+            )
+        values = (("measured", f"{verdict.measured:g} {verdict.unit}"), ("limit", f"{verdict.limit:g} {verdict.unit}"))
+        outcome = Verdict(verdict.verdict)
+        party = blame.for_ensures(item.component, item.name, (item.component,)) if outcome is Verdict.FAIL else None
+        return Result(item.component, item.name, item.kind, item.fragment, "cost", outcome, item.span,
+                      verdict.detail, party, Witness((), values))
+
+    # ------------------------------------------------------------ helpers
+
+    def _result(self, item: ClauseItem, verdict: Verdict, message: str, values=()) -> Result:
+        return Result(item.component, item.name, item.kind, item.fragment, item.backend, verdict, item.span,
+                      message, None, Witness((), tuple(values)) if values else None)
+
+    def _unreachable(self, item: ClauseItem, reason: str) -> Result:
+        """A clause no backend can check: an error diagnostic (E0419), never a pass."""
+        self.diagnostics.append(Diagnostic(
+            "E0419", f"no backend can check `{item.name}` of `{item.component}`: {reason}", item.span,
+            help="give the data set or module a `python \"...\"` binding, or state the clause in a checkable form",
+        ))
+        return self._result(item, Verdict.UNKNOWN, f"no backend can check this clause: {reason}")
+
+    def _skip(self, item: ClauseItem, reason: str) -> Result:
+        return self._result(item, Verdict.SKIP, reason)
+
+    def _progress(self, line: str) -> None:
+        if self.settings.progress is not None:
+            self.settings.progress(line)
+
+
+def _requires_mask(boundary: Boundary) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """Per sample, whether it keeps every requires of the component (types included)."""
+    checks = boundary.requires
+
+    def keep(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        bound: dict[str, int] = {}
+        for port in boundary.inputs:
+            if check_call_shape(port, batch.get(port.name), bound) is not None:
+                return torch.zeros(_batch_of(batch), dtype=torch.bool)
+        ctx = CallContext(batch, bound, _batch_of(batch))
+        mask = torch.ones(ctx.batch, dtype=torch.bool)
+        for check in checks:
+            mask &= check.mask(ctx)
+        return mask
+
+    return keep
+
+
+def _batch_of(batch: dict[str, torch.Tensor]) -> int:
+    return next(iter(batch.values())).shape[0]
+
+
+def _first(output) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else next(iter(output))
+
+
+def _output_labels(component: ir.Component) -> ir.LabelSet:
+    last = component.interface.outputs[0].type.dims[-1]
+    if not isinstance(last, ir.DimLabels):
+        raise UnsupportedClause(f"`{component.name}` has no label-indexed output to measure")
+    return last.labels
+
+
+def _vote_parts(component: ir.Component) -> list[str] | None:
+    """The parts of a composition that is a vote (possibly with parts replaced), else None."""
+    if not isinstance(component, ir.Composition):
+        return None
+    node, replaced = component.expr, {}
+    while isinstance(node, ir.ReplaceNode):
+        replaced[node.old] = node.new
+        node = node.base
+    if not isinstance(node, ir.VoteNode):
+        return None
+    return [replaced.get(part.name, part.name) for part in node.parts if isinstance(part, ir.PartRef)]
+
+
+def _file_safe(name: str) -> str:
+    return "".join(char if char.isalnum() or char in "-_." else "_" for char in name)
+
+

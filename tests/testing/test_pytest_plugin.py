@@ -1,0 +1,57 @@
+"""The pytest plugin: `.mdl` files become one item per (component, clause), with blame reports as failures."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    shutil.copy(HERE / "fault_models.py", pytester.path / "fault_models.py")
+    pytester.makefile(".mdl", contracts=textwrap.dedent("""
+        labels Digit = {0..9}
+        dim B : batch
+        interface Scorer {
+          input  x: Tensor[B, 8] float32 in [0, 1]
+          output y: Tensor[B, Digit] float32
+          ensures finite(y)
+          ensures simplex: sum(y) == 1 within 1e-4
+        }
+        module zero_nan : Scorer { python "fault_models:zero_nan" }
+        module healthy : Scorer { python "fault_models:healthy" }
+        module unbound : Scorer
+    """))
+    return pytester
+
+
+def test_items_per_clause_with_blame_reports(project: pytest.Pytester) -> None:
+    result = project.runpytest("contracts.mdl", "--mdl-max-examples", "30", "-rs")
+    result.assert_outcomes(passed=2, failed=2, skipped=2)
+    result.stdout.fnmatch_lines(["*blame: zero_nan (module)*", "*no module to test*unbound*"])
+
+
+def test_keyword_selection_and_last_failed(project: pytest.Pytester) -> None:
+    project.runpytest("contracts.mdl", "--mdl-max-examples", "20")
+    selected = project.runpytest("contracts.mdl", "-k", "healthy and simplex")
+    selected.assert_outcomes(passed=1)
+    rerun = project.runpytest("contracts.mdl", "--lf", "--mdl-max-examples", "20")
+    rerun.assert_outcomes(failed=2)
+
+
+def test_xdist_runs_the_items(project: pytest.Pytester) -> None:
+    result = project.runpytest("contracts.mdl", "-n", "2", "--mdl-max-examples", "20")
+    result.assert_outcomes(passed=2, failed=2, skipped=2)
+
+
+def test_a_spec_with_errors_is_one_failing_item(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".mdl", broken="labels A = {1, 2\n")
+    result = pytester.runpytest("broken.mdl")
+    result.assert_outcomes(failed=1)
+    result.stdout.re_match_lines([r".*error\[E0002\].*"])
