@@ -220,15 +220,26 @@ def _print_test_report(args: argparse.Namespace, report: Report, sources: Source
     else:
         if report.diagnostics:
             print(render_all(report.diagnostics, sources))
-        shown = [r for r in report.results if r.verdict is not Verdict.PASS]
-        for result in shown:
-            print(render_result(result, sources) + "\n")
+        for result in report.results:
+            if result.verdict in (Verdict.FAIL, Verdict.UNKNOWN):
+                print(render_result(result, sources) + "\n")
+        for reason, count in _skip_reasons(report.results).items():
+            print(f"skipped {count}: {reason}")
         counts = report.summary()
         print(", ".join(f"{counts[v.value]} {label}" for v, label in (
             (Verdict.PASS, "passed"), (Verdict.FAIL, "failed"), (Verdict.UNKNOWN, "unknown"), (Verdict.SKIP, "skipped"),
         )))
     failed = any(d.is_error for d in report.diagnostics) or any(r.verdict is Verdict.FAIL for r in report.results)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _skip_reasons(results: list[Result]) -> dict[str, int]:
+    """Skipped clauses counted by reason: one line each instead of a report per clause."""
+    reasons: dict[str, int] = {}
+    for result in results:
+        if result.verdict is Verdict.SKIP:
+            reasons[result.message] = reasons.get(result.message, 0) + 1
+    return reasons
 
 
 # ---------------------------------------------------------------- blame
