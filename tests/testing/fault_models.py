@@ -23,6 +23,19 @@ class Scorer(nn.Module):
         return scores
 
 
+class RareNaN(nn.Module):
+    """NaN scores when x[3] > 0.9 and x[5] < 0.1: about one sample in a hundred of uniform inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scorer = Scorer(nan_on_zero_row=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.scorer(x)
+        rare = ((x[:, 3] > 0.9) & (x[:, 5] < 0.1)).unsqueeze(1)
+        return torch.where(rare, torch.full_like(scores, float("nan")), scores)
+
+
 class Threshold(nn.Module):
     """Two scores deciding whether x[0] is above `boundary`."""
 
@@ -41,6 +54,10 @@ def zero_nan() -> nn.Module:
 
 def healthy() -> nn.Module:
     return Scorer(nan_on_zero_row=False)
+
+
+def rare_nan() -> nn.Module:
+    return RareNaN()
 
 
 def brittle() -> nn.Module:
