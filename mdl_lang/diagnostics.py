@@ -48,6 +48,7 @@ CODES: dict[str, str] = {
     "E0203": "not a label",
     "E0204": "label not in the axis' label set",
     "E0205": "label expression of the wrong kind",
+    "E0206": "label range too large",
     "W0201": "label listed twice",
     # dims, shapes, dtypes, refinements
     "E0301": "more than one batch dimension",
@@ -84,6 +85,7 @@ CODES: dict[str, str] = {
     "E0418": "cost clause of the wrong form",
     "E0419": "clause that no backend can check",
     "E0420": "probability outside [0, 1]",
+    "E0421": "negative tolerance or radius",
     # compositions
     "E0501": "`>>` shapes do not unify",
     "E0502": "`>>` dtypes do not agree",

@@ -78,13 +78,8 @@ class Checker:
         if path in self._scopes:
             return self._scopes[path]
         shown = display_path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            span = importer.span if importer else Span(shown, 1, 1, 1, 1)
-            code = "E0103" if importer and isinstance(error, FileNotFoundError) else "E0116"
-            self.reporter.error(code, f"cannot read `{shown}`: {reason}", span)
+        text = self._read(path, shown, importer)
+        if text is None:
             self._scopes[path] = None
             return None
         self.sources.add(shown, text)
@@ -104,11 +99,58 @@ class Checker:
             self._loading.pop()
         return scope
 
+    def _read(self, path: Path, shown: str, importer: ast.Import | None) -> str | None:
+        """The text of a file; a missing or unreadable file is reported at its import, bad UTF-8 where it is."""
+        try:
+            raw = path.read_bytes()
+        except OSError as error:
+            span = importer.span if importer else Span(shown, 1, 1, 1, 1)
+            if importer and isinstance(error, FileNotFoundError):
+                self.reporter.error(
+                    "E0103", f"imported file `{shown}` does not exist", span,
+                    help="an import path is relative to the folder of the file that imports it",
+                )
+            else:
+                self.reporter.error("E0116", f"cannot read `{shown}`: {error.strerror or error}", span)
+            return None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            self._report_bad_utf8(raw, error, shown)
+            return None
+
+    def _report_bad_utf8(self, raw: bytes, error: UnicodeDecodeError, shown: str) -> None:
+        """Point at the first byte that is not UTF-8, showing the line with that byte replaced."""
+        self.sources.add(shown, raw.decode("utf-8", errors="replace"))
+        before = raw[:error.start].decode("utf-8")
+        line = before.count("\n") + 1
+        column = len(before) - before.rfind("\n")
+        self.reporter.error(
+            "E0116", f"`{shown}` is not UTF-8 text: byte 0x{raw[error.start]:02x} cannot be decoded",
+            Span(shown, line, column, line, column + 1, len(before), len(before) + 1),
+            help="save the file as UTF-8",
+        )
+
+    def _import_target(self, importer: Path, decl: ast.Import) -> Path | None:
+        """The absolute path an import names, or None (reported) when no file can have that name."""
+        try:
+            return (importer.parent / decl.path).resolve()
+        except (OSError, ValueError, RuntimeError) as error:  # a NUL in the path, a symlink loop
+            shown = f"`{decl.path}`" if decl.path.isprintable() else repr(decl.path)
+            self.reporter.error(
+                "E0103", f"cannot import {shown}: {error}", decl.span,
+                help="an import names a .mdl file by its path relative to the importing file",
+            )
+            return None
+
     def _follow_imports(self, scope: FileScope, path: Path) -> None:
         for decl in scope.tree.decls:
             if not isinstance(decl, ast.Import):
                 continue
-            target = (path.parent / decl.path).resolve()
+            target = self._import_target(path, decl)
+            if target is None:
+                scope.imports[decl.alias.name] = None
+                continue
             if not target.is_relative_to(self.root):
                 self.reporter.error(
                     "E0104", f"`{decl.path}` is outside the spec root `{display_path(self.root)}`", decl.span,

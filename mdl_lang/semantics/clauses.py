@@ -9,9 +9,10 @@ that backends only ever index by position.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from mdl_lang import ir
-from mdl_lang.semantics.context import Env, Reporter, Symbol, did_you_mean
+from mdl_lang.semantics.context import KIND_NOUNS, Env, Reporter, Symbol, did_you_mean
 from mdl_lang.semantics.declarations import BUILTIN_CONSTANTS, Declarations
 from mdl_lang.semantics.shapes import broadcast, dims_compatible, slice_length
 from mdl_lang.span import Span
@@ -26,6 +27,12 @@ BUILTIN_FUNCTIONS = (
     "finite", "flip", "monotone",
 )
 RELATIONAL_CALLS = ("monotone",)
+USAGE = {  # the built-ins whose call is not `name(v)`
+    "clamp": "clamp(v, lo, hi)", "norm": "norm(v)` or `norm(v, p)", "min": "min(v)` or `min(a, b)",
+    "max": "max(v)` or `max(a, b)", "count": "count(condition)", "all": "all(condition)", "any": "any(condition)",
+    "flip": "flip(v, dim=-1)", "monotone": "monotone(y[k], x[i])",
+}
+SHOWN_LABELS = 5  # labels named in one message before "..."
 
 
 class ClauseTyper:
@@ -40,7 +47,7 @@ class ClauseTyper:
     def clause(self, node: ast.Clause, env: Env, origin: str) -> ir.Clause | None:
         """The typed clause, or None when it has errors (already reported)."""
         count = len(self.reporter.diagnostics)
-        env = Env(env.scope, env.params, env.ports, {}, node.kind, node.data is not None)
+        env = replace(env, variables={}, clause_kind=node.kind, statistical_ok=node.data is not None)
         expr = self.expr(node.expr, env)
         if expr is None or self.reporter.errors_since(count):
             return None
@@ -121,7 +128,6 @@ class ClauseTyper:
             ast.EllipsisDims: "`...`",
             ast.LabelSetLiteral: "a label set",
             ast.SelfRef: "`self` without arguments",
-            ast.OtherLabel: "the label `other` on its own",
         }.get(type(node), "this")
         self.reporter.error("E0402", f"{what} is not a value here", node.span)
 
@@ -137,6 +143,10 @@ class ClauseTyper:
 
     def type_String(self, node: ast.String, env: Env) -> ir.Expr | None:
         return ir.LabelConst(node.value, ir.ValueType(ir.Element.LABEL), node.span)
+
+    def type_OtherLabel(self, node: ast.OtherLabel, env: Env) -> ir.Expr | None:
+        """`other` as a value, as in `argmax(y) == other` (a part that abstains)."""
+        return ir.LabelConst(ir.OTHER, ir.ValueType(ir.Element.LABEL), node.span)
 
     def type_Name(self, node: ast.Name, env: Env) -> ir.Expr | None:
         name = node.id
@@ -268,6 +278,12 @@ class ClauseTyper:
                 return None
             tolerance = self.expr(node.tolerance, env)
             if tolerance is None or not self._require_numeric(tolerance, "within", node.tolerance.span):
+                return None
+            if _is_negative(tolerance):
+                self.reporter.error(
+                    "E0421", "a tolerance cannot be negative", node.tolerance.span,
+                    help="`a == b within TOL` holds when |a - b| <= TOL; write TOL as a positive number such as `1e-5`",
+                )
                 return None
         result = ir.Compare(tuple(typed), node.ops, tolerance, ir.ValueType(ir.Element.BOOL, *shape), node.span)
         return self._check_probability_bound(result)
@@ -462,7 +478,8 @@ class ClauseTyper:
         if literal is None and isinstance(node, ast.Name) and node.id in env.variables:
             bound = env.variables[node.id]
             if bound.element is ir.Element.LABEL:
-                return ir.VarRef(node.id, bound, node.span)
+                variable = ir.VarRef(node.id, bound, node.span)
+                return variable if self.labels_fit(variable, labels, node.span, "the output does not score") else None
         if literal is None:
             self.reporter.error("E0203", "expected a label", node.span, help="write a label such as `5` or `\"cat\"`")
             return None
@@ -471,10 +488,29 @@ class ClauseTyper:
             return None
         return ir.LabelConst(literal, label_type, node.span)
 
+    def labels_fit(self, value: ir.Expr, labels: ir.LabelSet, span: Span, where: str) -> bool:
+        """A label-valued index or argument takes only labels of `labels`: a backend has no position for others."""
+        domain = value.type.labels
+        if domain is None or domain.opaque or labels.opaque:
+            return True
+        axis = set(labels.labels)
+        outside = [label for label in domain.labels if label not in axis]
+        if not outside:
+            return True
+        shown = ", ".join(ir.format_label(label) for label in outside[:SHOWN_LABELS])
+        if len(outside) > SHOWN_LABELS:
+            shown += ", ..."
+        subject = f"`{value.name}`" if isinstance(value, ir.VarRef) else "this label"
+        self.reporter.error(
+            "E0204", f"{subject} can be {shown}, which {where}: its labels are {labels.describe()}", span,
+            help=f"quantify over {labels.name or 'these labels'} or a subset of them",
+        )
+        return False
+
     # ------------------------------------------------------------ quantifiers
 
     def type_LabelQuantifier(self, node: ast.LabelQuantifier, env: Env) -> ir.Expr | None:
-        labels = self.declarations.label_set(node.domain, env)
+        labels = self._quantifier_domain(node, env)
         if labels is None:
             return None
         variable = ir.ValueType(ir.Element.LABEL, labels=labels)
@@ -482,6 +518,30 @@ class ClauseTyper:
         if body is None or not self._require_bool(body, node.quantifier, node.body.span):
             return None
         return ir.LabelQuantifier(node.quantifier, node.var.name, labels, body, ir.BOOL, node.span)
+
+    def _quantifier_domain(self, node: ast.LabelQuantifier, env: Env) -> ir.LabelSet | None:
+        """The label set a quantifier ranges over; a port, a dim or a number there is named for what it is."""
+        domain = node.domain
+        if isinstance(domain, ast.Name):
+            found = self.declarations.lookup(domain.id, domain.span, env)
+            if domain.id in env.ports:
+                what = f"`{domain.id}`, a port"
+            elif domain.id in env.variables:
+                what = f"`{domain.id}`, a quantified variable"
+            elif isinstance(found, Symbol) and found.kind != "labels":
+                what = f"`{domain.id}`, {KIND_NOUNS[found.kind]}"
+            else:
+                return self.declarations.label_set(domain, env)
+        elif self.declarations.is_label_set_expr(domain, env):
+            return self.declarations.label_set(domain, env)
+        else:
+            what = "this expression"
+        self.reporter.error(
+            "E0413", f"`{node.quantifier}` ranges over the labels of a label set, not over {what}", domain.span,
+            help=f"write `{node.quantifier} l in L: ...` with `L` a label set such as `Digit` or `{{0..9}}`; "
+            "for a condition on every element of a tensor use `all(...)` or `any(...)`",
+        )
+        return None
 
     def type_BallQuantifier(self, node: ast.BallQuantifier, env: Env) -> ir.Expr | None:
         if env.clause_kind != "ensures":
@@ -506,8 +566,11 @@ class ClauseTyper:
         radius = self.expr(node.radius, env)
         if radius is None or not self._require_numeric(radius, "within", node.radius.span):
             return None
-        if isinstance(radius, ir.Const) and radius.value < 0:
-            self.reporter.error("E0312", "the radius of a ball cannot be negative", node.radius.span)
+        if _is_negative(radius):
+            self.reporter.error(
+                "E0421", "the radius of a ball cannot be negative", node.radius.span,
+                help="write the distance the perturbed input may move, e.g. `0.02`",
+            )
             return None
         variable = port_value_type(center.type)
         body = self.expr(node.body, env.with_variable(node.var.name, variable))
@@ -553,6 +616,8 @@ class IndexTyper:
             self.reporter.error(
                 "E0305", f"{fixed} indices for a value with {len(shape)} ax{'e' if len(shape) != 1 else 'i'}s "
                 f"(shape {ir.format_shape(shape)})", self.node.span,
+                help="in a clause a port is one sample: its batch axis is not indexed"
+                if isinstance(self.value, ir.PortRef) else None,
             )
             return None
         if has_shape_ellipsis:
@@ -616,9 +681,13 @@ class IndexTyper:
         literal = self.typer.declarations.label_literal(item, self.env)
         if literal is not None:
             if not labels.opaque and literal not in labels:
+                help_text = (
+                    "only a label set that includes `other` has a score for it, e.g. `{5} | other`"
+                    if literal is ir.OTHER else "on a label-indexed axis an index is a label, not a position"
+                )
                 self.reporter.error(
                     "E0204", f"label {ir.format_label(literal)} is not in this axis' labels {labels.describe()}",
-                    item.span, help="on a label-indexed axis an index is a label, not a position",
+                    item.span, help=help_text,
                 )
                 return None
             position = labels.position(literal) if not labels.opaque else 0
@@ -631,6 +700,8 @@ class IndexTyper:
                 "E0407", f"this axis is indexed by the labels {labels.describe()}, not by {typed.type.describe()}",
                 item.span,
             )
+            return None
+        if not self.typer.labels_fit(typed, labels, item.span, "this axis does not have"):
             return None
         return ir.IndexDynamic(typed, labels)
 
@@ -680,6 +751,21 @@ class IndexTyper:
         return ir.IndexSlice(bounds[0], bounds[1])
 
 
+def _keywords_help(allowed: tuple[str, ...]) -> str:
+    if not allowed:
+        return "it takes no keyword arguments"
+    if len(allowed) == 1:
+        return f"its one keyword argument is `{allowed[0]}`"
+    return "its keyword arguments are " + ", ".join(f"`{word}`" for word in allowed)
+
+
+def _is_negative(expr: ir.Expr) -> bool:
+    """Whether a written constant is below zero (`-0.1` is the negation of the literal 0.1)."""
+    if isinstance(expr, ir.Const):
+        return expr.value < 0
+    return isinstance(expr, ir.Neg) and isinstance(expr.operand, ir.Const) and expr.operand.value > 0
+
+
 def _constant_int(expr: ir.Expr) -> int | None:
     if isinstance(expr, ir.Const) and expr.type.element is ir.Element.INT:
         return int(expr.value)
@@ -712,14 +798,14 @@ class BuiltinTyper:
             if keyword.name.name not in allowed_keywords:
                 self.reporter.error(
                     "E0415", f"`{self.name}` has no argument `{keyword.name.name}`", keyword.name.span,
-                    help=f"its keyword arguments are {', '.join(allowed_keywords)}" if allowed_keywords else None,
+                    help=_keywords_help(allowed_keywords),
                 )
                 return False
         if not low <= count <= high:
             wanted = str(low) if low == high else f"{low} to {high}"
             self.reporter.error(
                 "E0404", f"`{self.name}` takes {wanted} argument{'s' if high != 1 else ''}, {count} given",
-                self.node.span,
+                self.node.span, help=f"write `{USAGE.get(self.name, self.name + '(v)')}`",
             )
             return False
         return True
@@ -857,13 +943,13 @@ class BuiltinTyper:
             value = self.typer.declarations.constant(keyword.value, self.env)
             if value is None:
                 return None
-            axis = int(value)
-            if not float(value).is_integer() or not -rank <= axis < rank:
+            if not float(value).is_integer() or not -rank <= value < rank:  # checked before int(): inf has no int
                 self.reporter.error(
-                    "E0306", f"`dim={value}` is not an axis of a value with {rank} axes",
-                    keyword.value.span,
+                    "E0306", f"`dim={value}` is not an axis of a value with {rank} axes", keyword.value.span,
+                    help=f"its axes are {-rank} to {rank - 1} (negative ones count from the last)" if rank else None,
                 )
                 return None
+            axis = int(value)
         if rank == 0:
             self.reporter.error("E0402", "`flip` needs a tensor, found a single number", self.positional[0].span)
             return None

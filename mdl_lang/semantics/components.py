@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mdl_lang import ir
-from mdl_lang.semantics.clauses import ClauseTyper, port_value_type
+from mdl_lang.semantics.clauses import SHOWN_LABELS, ClauseTyper, port_value_type
 from mdl_lang.semantics.context import Env, FileScope, Symbol
 from mdl_lang.semantics.declarations import Declarations
 from mdl_lang.semantics.shapes import dims_compatible
@@ -28,6 +30,9 @@ class Components:
         self._interfaces: dict[tuple, ir.Interface | None] = {}
         self._modules: dict[tuple[str, str], ir.Module | None] = {}
         self._data: dict[tuple[str, str], ir.Data | None] = {}
+        # Where each statistical clause names its data set, and the file that name is resolved in:
+        # an interface's clause names data of the interface's file, whoever implements it.
+        self._data_names: dict[Span, tuple[ast.QualifiedName, FileScope]] = {}
 
     # ------------------------------------------------------------ interfaces
 
@@ -42,31 +47,32 @@ class Components:
             self.declarations.wrong_kind(name, ref.name.span, symbol, "an interface")
             return None
         decl: ast.InterfaceDecl = symbol.node  # type: ignore[assignment]
-        params = self.declarations.bind_params(decl.params, ref.args, ref.span, env, name)
-        if params is None:
+        bound = self.declarations.bind_params(decl.params, ref.args, ref.span, env, name, symbol.scope)
+        if bound is None:
             return None
-        return self.instantiate(symbol, params)
+        return self.instantiate(symbol, bound)
 
-    def instantiate(self, symbol: Symbol, params: dict[str, ir.LabelSet | ir.Dim]) -> ir.Interface | None:
-        key = (symbol.scope.path, symbol.name, _args_key(tuple(params.values())))
+    def instantiate(self, symbol: Symbol, bound: Env) -> ir.Interface | None:
+        """The interface with its parameters bound as `bound` says, built once per distinct arguments."""
+        key = (symbol.scope.path, symbol.name, _args_key(tuple(bound.params.values())))
         if key not in self._interfaces:
             self._interfaces[key] = None  # a self-referring interface finds None, not a loop
-            self._interfaces[key] = self._build_interface(symbol, params)
+            self._interfaces[key] = self._build_interface(symbol, bound)
         return self._interfaces[key]
 
     def abstract_interface(self, symbol: Symbol) -> ir.Interface | None:
         """The interface checked before instantiation: generic parameters stay opaque."""
         decl: ast.InterfaceDecl = symbol.node  # type: ignore[assignment]
         params = {param.name: ir.LabelSet((), param.name, opaque=True) for param in decl.params}
-        return self.instantiate(symbol, params)
+        return self.instantiate(symbol, Env(symbol.scope, params))
 
-    def _build_interface(self, symbol: Symbol, params: dict) -> ir.Interface | None:
+    def _build_interface(self, symbol: Symbol, env: Env) -> ir.Interface | None:
         decl: ast.InterfaceDecl = symbol.node  # type: ignore[assignment]
-        env = Env(symbol.scope, params)
+        params = env.params
         ports = self._ports(decl, env)
         if ports is None:
             return None
-        env = Env(symbol.scope, params, {port.name: port for port in ports})
+        env = replace(env, ports={port.name: port for port in ports})
         origin = f"interface {symbol.name}"
         clauses, costs = self.clauses_and_costs(decl.members, env, origin, allow=(ast.Port,))
         shown_args = ", ".join(_describe_arg(value) for value in params.values())
@@ -95,10 +101,10 @@ class Components:
             ports.append(ir.Port(member.name.name, member.direction, port_type, member.span))
         directions = {port.direction for port in ports}
         if ok and directions != {"input", "output"}:
-            missing = "an input" if "input" not in directions else "an output"
+            missing = "input" if "input" not in directions else "output"
             self.reporter.error(
-                "E0112", f"interface `{decl.name.name}` has no {missing[3:] if missing.startswith('an ') else missing}"
-                f" port", decl.name.span, help="declare ports with `input x: TYPE` and `output y: TYPE`",
+                "E0112", f"interface `{decl.name.name}` has no {missing} port", decl.name.span,
+                help="declare ports with `input x: TYPE` and `output y: TYPE`",
             )
             ok = False
         return tuple(ports) if ok else None
@@ -115,36 +121,40 @@ class Components:
         for member in members:
             if isinstance(member, ast.Clause):
                 if member.name is not None:
-                    self._claim_name(member.name.name, member.name.span, names)
+                    self._claim_name(member.name.name, member.name.span, names, "clause name")
                 typed = self.typer.clause(member, env, origin)
                 if typed is not None:
                     clauses.append(typed)
+                    if member.data is not None:
+                        self._data_names[typed.span] = (member.data.data, env.scope)
             elif isinstance(member, ast.CostBlock):
                 for item in member.items:
                     cost = self.cost(item, env, origin)
                     if cost is not None:
-                        self._claim_name(cost.name, item.span, names)
+                        self._claim_name(cost.name, item.span, names, "cost metric")
                         costs.append(cost)
             elif not isinstance(member, allow):
                 self._misplaced(member, origin)
         return tuple(clauses), tuple(costs)
 
-    def _claim_name(self, name: str, span: Span, names: dict[str, Span]) -> None:
+    def _claim_name(self, name: str, span: Span, names: dict[str, Span], what: str) -> None:
+        """Enter a clause's name; a cost clause is named by its metric, so each metric is limited once."""
         if name in names:
+            why = "give each metric one limit" if what == "cost metric" else "clause names identify clauses in reports"
             self.reporter.error(
-                "E0111", f"clause name `{name}` is used twice", span,
-                help=f"the first `{name}` is at {names[name]}; clause names identify clauses in reports",
+                "E0111", f"{what} `{name}` is used twice", span, help=f"the first `{name}` is at {names[name]}; {why}",
             )
         else:
             names[name] = span
 
     def _misplaced(self, member, origin: str) -> None:
         kind, _, _ = origin.partition(" ")
+        noun = "an interface" if kind == "interface" else f"a {kind}"
         if isinstance(member, ast.Port):
-            message = f"a {kind} cannot declare ports; they come from its interface"
+            message = f"{noun} cannot declare ports; they come from its interface"
             help_text = "declare the port in the interface"
         else:
-            message = f"a {kind} cannot have a `python` binding" if kind != "module" else "a second `python` binding"
+            message = f"{noun} cannot have a `python` binding" if kind != "module" else "a second `python` binding"
             help_text = "a `python` binding belongs to a module or a data set, once"
         self.reporter.error("E0113", message, member.span, help=help_text)
 
@@ -208,7 +218,7 @@ class Components:
             symbol.name, interface, clauses, costs, bindings[0].target if bindings else None,
             symbol.scope.path, decl.span,
         )
-        self.check_data_clauses(module.all_clauses, interface, symbol.scope)
+        self.check_data_clauses(module.all_clauses, interface, symbol.name)
         return module
 
     def data(self, symbol: Symbol) -> ir.Data | None:
@@ -224,44 +234,50 @@ class Components:
             )
         return self._data[key]
 
-    def check_data_clauses(self, clauses, interface: ir.Interface, scope: FileScope) -> None:
-        """Statistical clauses name a data set whose labels and inputs fit the component."""
+    def check_data_clauses(self, clauses, interface: ir.Interface, component: str) -> None:
+        """Statistical clauses of `component` name a data set whose labels and inputs fit it."""
         for clause in clauses:
-            if clause.data is None:
+            written = self._data_names.get(clause.span)
+            if written is None:
                 continue
-            data = self._data_named(clause, scope)
+            name, scope = written
+            data = self._data_named(name, scope)
             if data is None:
                 continue
-            self._check_data_labels(clause, data, interface)
-            self._check_data_inputs(clause, data, interface)
+            self._check_data_labels(clause, data, interface, component, name.span)
+            self._check_data_inputs(data, interface, component, name.span)
 
-    def _data_named(self, clause: ir.Clause, scope: FileScope) -> ir.Data | None:
-        name = ast.QualifiedName(tuple(clause.data.split(".")), clause.span)
+    def _data_named(self, name: ast.QualifiedName, scope: FileScope) -> ir.Data | None:
         symbol = scope.lookup(name)
         if symbol is None:
-            self.declarations.undefined(clause.data, clause.span, scope, "data set", ("data",))
+            self.declarations.undefined(name.dotted, name.span, scope, "data set", ("data",))
             return None
         if symbol.kind != "data":
-            self.declarations.wrong_kind(clause.data, clause.span, symbol, "a data set")
+            self.declarations.wrong_kind(name.dotted, name.span, symbol, "a data set")
             return None
         return self.data(symbol)
 
-    def _check_data_labels(self, clause: ir.Clause, data: ir.Data, interface: ir.Interface) -> None:
+    def _check_data_labels(
+        self, clause: ir.Clause, data: ir.Data, interface: ir.Interface, component: str, span: Span,
+    ) -> None:
         statistics = [node for node in ir.walk(clause.expr) if isinstance(node, ir.Statistic)]
         for statistic in statistics:
             port = interface.port(statistic.output)
             labels = port_value_type(port.type).axes[0] if port else None
             if labels is None or labels.opaque or labels.has_other or data.labels.opaque:
                 continue
-            outside = [label for label in data.labels.labels if label not in labels]
+            predicted = set(labels.labels)
+            outside = [label for label in data.labels.labels if label not in predicted]
             if outside:
-                shown = ", ".join(ir.format_label(label) for label in outside[:5])
+                shown = ", ".join(ir.format_label(label) for label in outside[:SHOWN_LABELS])
+                if len(outside) > SHOWN_LABELS:
+                    shown += f", ... ({len(outside)} in all)"
                 self.reporter.error(
-                    "E0411", f"data set `{data.name}` has labels the module cannot predict: {shown}", clause.span,
+                    "E0411", f"data set `{data.name}` has labels that `{component}` cannot predict: {shown}", span,
                     help="give the output an `other` label, or use a data set over the module's labels",
                 )
 
-    def _check_data_inputs(self, clause: ir.Clause, data: ir.Data, interface: ir.Interface) -> None:
+    def _check_data_inputs(self, data: ir.Data, interface: ir.Interface, component: str, span: Span) -> None:
         inputs = interface.inputs
         if len(inputs) != 1:
             return
@@ -269,7 +285,7 @@ class Components:
         if not dims_compatible(data.input_type.sample_dims, expected.sample_dims):
             self.reporter.error(
                 "E0411", f"data set `{data.name}` holds inputs of type {data.input_type.describe()}, "
-                f"but `{inputs[0].name}` is {expected.describe()}", clause.span,
+                f"but input `{inputs[0].name}` of `{component}` is {expected.describe()}", span,
             )
 
 

@@ -12,7 +12,7 @@ from mdl_lang import ir
 from mdl_lang.diagnostics import Note
 from mdl_lang.semantics.components import Components
 from mdl_lang.semantics.context import Env, Symbol
-from mdl_lang.semantics.shapes import DimSolver, rename_apart
+from mdl_lang.semantics.shapes import DimSolver, plain, rename_apart
 from mdl_lang.span import Span
 from mdl_lang.syntax import ast
 
@@ -95,7 +95,7 @@ class _Builder:
         clauses, costs = self.owner.components.clauses_and_costs(
             self.decl.members, env, f"composition {self.symbol.name}", taken=taken,
         )
-        self.owner.components.check_data_clauses(interface.clauses + clauses, interface, self.symbol.scope)
+        self.owner.components.check_data_clauses(interface.clauses + clauses, interface, self.symbol.name)
         return ir.Composition(
             self.symbol.name, interface, signature.node, clauses, costs, self.symbol.scope.path,
             tuple(dict.fromkeys(signature.parts)), self.decl.span,
@@ -168,8 +168,8 @@ class _Builder:
         )
 
     def _connect(self, output: ir.Port, port: ir.Port, source: str, target: str, span: Span) -> bool:
-        what = f"output `{output.name}` of `{source}` ({output.type.describe()}) feeds input `{port.name}` of " \
-               f"`{target}` ({port.type.describe()})"
+        what = f"output `{output.name}` of `{source}` ({_shown(output.type)}) feeds input `{port.name}` of " \
+               f"`{target}` ({_shown(port.type)})"
         if not self._unify(output.type.dims, port.type.dims, span, "E0501", f"`>>` shapes do not unify: {what}"):
             return False
         if not _dtypes_agree(output.type.dtype, port.type.dtype):
@@ -234,8 +234,7 @@ class _Builder:
         return True
 
     def _vote_labels(self, parts: list[Signature], node: ast.Vote, overlap_max: bool) -> ir.LabelSet | None:
-        owners: dict[ir.Label, str] = {}
-        union = ir.LabelSet(())
+        owners: dict[ir.Label, str] = {}  # in order of first appearance: the union of the parts' labels
         for part, part_node in zip(parts, node.parts, strict=True):
             labels = self._scored_labels(part, part_node.span)
             if labels is None:
@@ -249,8 +248,7 @@ class _Builder:
                     )
                     return None
                 owners.setdefault(label, part.name)
-            union = union.union(ir.LabelSet(labels.own_labels))
-        return union
+        return ir.LabelSet(tuple(owners))
 
     def _scored_labels(self, part: Signature, span: Span) -> ir.LabelSet | None:
         outputs = part.outputs
@@ -271,7 +269,7 @@ class _Builder:
             )
             return False
         for mine, theirs in zip(first.inputs, other.inputs, strict=True):
-            message = f"`{other.name}` reads {theirs.type.describe()} but `{first.name}` reads {mine.type.describe()}"
+            message = f"`{other.name}` reads {_shown(theirs.type)} but `{first.name}` reads {_shown(mine.type)}"
             if not self._unify(mine.type.dims, theirs.type.dims, span, "E0506", message):
                 return False
             if not _dtypes_agree(mine.type.dtype, theirs.type.dtype):
@@ -285,8 +283,8 @@ class _Builder:
             theirs = part.outputs[0].type
             if not _dtypes_agree(first.dtype, theirs.dtype) or first.value_range != theirs.value_range:
                 self.reporter.error(
-                    "E0507", f"`{part.name}` scores {theirs.describe()}, `{parts[0].name}` scores "
-                    f"{first.describe()}", part_node.span,
+                    "E0507", f"`{part.name}` scores {_shown(theirs)}, `{parts[0].name}` scores "
+                    f"{_shown(first)}", part_node.span,
                     help="a vote compares scores as they are: give every part the same dtype and value range "
                     "(apply `softmax` inside a part that emits logits)",
                 )
@@ -299,9 +297,10 @@ class _Builder:
         if base is None or old is None or new is None:
             return None
         if node.old.dotted not in base.parts:
+            inner = [f"`{part}`" for part in dict.fromkeys(base.parts) if part != base.name]
             self.reporter.error(
                 "E0508", f"`{node.old.dotted}` is not a part of `{base.name}`", node.old.span,
-                help=f"its parts are {', '.join(dict.fromkeys(base.parts))}",
+                help=f"its parts are {', '.join(inner)}" if inner else f"`{base.name}` is a module, not a composition",
             )
             return None
         if not _same_interface(old.interface, new.interface):
@@ -339,8 +338,8 @@ class _Builder:
                 )
                 return False
             for port, wanted in zip(mine, declared, strict=True):
-                message = f"{kind} `{wanted.name}` of {interface.name} is {wanted.type.describe()}, " \
-                          f"but `{signature.name}` has {port.type.describe()}"
+                message = f"{kind} `{wanted.name}` of {interface.name} is {_shown(wanted.type)}, " \
+                          f"but `{signature.name}` has {_shown(port.type)}"
                 if not self._unify(port.type.dims, wanted.type.dims, span, "E0510", message):
                     return False
                 if not _dtypes_agree(port.type.dtype, wanted.type.dtype):
@@ -356,7 +355,8 @@ class _Builder:
             return signature
         voted: ir.LabelSet = signature.node.labels  # type: ignore[union-attr]
         wanted = set(last.labels.own_labels)
-        missing = [label for label in last.labels.own_labels if label not in voted]
+        voted_labels = set(voted.labels)
+        missing = [label for label in last.labels.own_labels if label not in voted_labels]
         extra = [label for label in voted.labels if label not in wanted]
         if missing or extra:
             problems = []
@@ -374,6 +374,11 @@ class _Builder:
         tensor = ir.TensorType(dims, port.type.dtype, port.type.value_range, port.type.finite, port.type.span)
         outputs = (ir.Port(port.name, port.direction, tensor, port.span),)
         return Signature(signature.node, signature.inputs, outputs, signature.parts, signature.name)
+
+
+def _shown(tensor: ir.TensorType) -> str:
+    """A part's port type as its spec writes it, without the renaming of its dims."""
+    return plain(tensor.describe())
 
 
 def _stages(node: ir.CompNode) -> tuple[ir.CompNode, ...]:

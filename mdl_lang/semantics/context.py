@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mdl_lang import ir
 from mdl_lang.diagnostics import Diagnostic, Note
@@ -92,7 +92,11 @@ class FileScope:
 
 @dataclass(frozen=True)
 class Env:
-    """What names mean inside one declaration: generic arguments bound, ports, quantified vars."""
+    """What names mean inside one declaration: generic arguments bound, ports, quantified vars.
+
+    `arg_spans` says where each generic argument was written, so that an argument of
+    the wrong kind is reported where the user wrote it, not inside the generic.
+    """
 
     scope: FileScope
     params: dict[str, ir.LabelSet | ir.Dim] = field(default_factory=dict)
@@ -100,9 +104,7 @@ class Env:
     variables: dict[str, ir.ValueType] = field(default_factory=dict)
     clause_kind: str | None = None
     statistical_ok: bool = False
+    arg_spans: dict[str, Span] = field(default_factory=dict)
 
     def with_variable(self, name: str, value_type: ir.ValueType) -> Env:
-        return Env(
-            self.scope, self.params, self.ports, {**self.variables, name: value_type},
-            self.clause_kind, self.statistical_ok,
-        )
+        return replace(self, variables={**self.variables, name: value_type})

@@ -8,12 +8,17 @@ itself is reported as recursive.
 from __future__ import annotations
 
 from mdl_lang import ir
+from mdl_lang.diagnostics import Note
 from mdl_lang.semantics.context import KIND_NOUNS, Env, FileScope, Reporter, Symbol, did_you_mean
 from mdl_lang.semantics.shapes import fold_dim
 from mdl_lang.span import Span
 from mdl_lang.syntax import ast
 
 BUILTIN_CONSTANTS = {"inf": float("inf"), "pi": 3.141592653589793, "true": True, "false": False}
+ARGUMENT_EXAMPLES = {"a label set": "`Digit` or `{0..9}`", "a dimension": "`8` or the name of a `dim`"}
+# Larger ranges are typos (`0..99999999`), and would take the checker minutes to build.
+MAX_RANGE_LABELS = 100_000
+CONSTANT_HELP = "use numbers, constant dims and `+ - * / **` (e.g. `1/255`, `-inf`)"
 DTYPE_HINT = "dtypes are " + ", ".join(ir.DTYPES) + " and `float` (any floating dtype); `finite` forbids NaN and inf"
 
 
@@ -35,7 +40,7 @@ class Declarations:
         return env.scope.lookup(ast.QualifiedName(tuple(name.split(".")), span))
 
     def undefined(self, name: str, span: Span, scope: FileScope, wanted: str, kinds: tuple[str, ...]) -> None:
-        help_text = did_you_mean(name, scope.names_of_kind(*kinds))
+        help_text = did_you_mean(name, _names_of_kind(name, scope, kinds))
         self.reporter.error("E0101", f"undefined {wanted} `{name}`", span, help=help_text)
 
     def wrong_kind(self, name: str, span: Span, symbol: Symbol, wanted: str) -> None:
@@ -73,19 +78,24 @@ class Declarations:
             if value is None:
                 return None
             if node.parent is not None:
-                parent = self.label_set(node.parent, env)
-                if parent is not None and not parent.opaque:
-                    outside = [label for label in value.labels if label not in parent]
-                    if outside:
-                        shown = ", ".join(ir.format_label(label) for label in outside)
-                        self.reporter.error(
-                            "E0201", f"`{symbol.name}` is not within {_set_name(node.parent)}: {shown} not in it",
-                            node.parent.span if node.parent else symbol.span,
-                            help=f"{_set_name(node.parent)} is {parent.describe()}",
-                        )
+                self._check_within(symbol.name, value, node.parent, env)
             return ir.LabelSet(value.labels, symbol.name, value.opaque)
 
         return self._guarded(symbol, self._label_cache, evaluate)
+
+    def _check_within(self, name: str, value: ir.LabelSet, parent_expr: ast.Expr, env: Env) -> None:
+        """`labels NAME = ... within PARENT`: every label of the set is one of the parent's."""
+        parent = self.label_set(parent_expr, env)
+        if parent is None or parent.opaque:
+            return
+        parent_labels = set(parent.labels)
+        outside = [label for label in value.labels if label not in parent_labels]
+        if outside:
+            parent_name = _set_name(parent_expr)
+            self.reporter.error(
+                "E0201", f"`{name}` is not within {parent_name}: {_labels_phrase(outside)} not in it",
+                parent_expr.span, help=f"{parent_name} is {ir.LabelSet(parent.labels).describe()}",
+            )
 
     def label_set(self, expr: ast.Expr, env: Env) -> ir.LabelSet | None:
         """The label set an expression denotes, or None after reporting why it is none."""
@@ -119,25 +129,27 @@ class Declarations:
             self.wrong_kind(name, span, found, "a label set")
             return None
         if found is not None:
-            self.reporter.error("E0205", f"generic parameter `{name}` is bound to a dimension, not a label set", span)
+            self._argument_of_wrong_kind(name, span, env, "a label set", "a dimension", "as a label set")
             return None
         self.undefined(name, span, env.scope, "label set", ("labels",))
         return None
 
     def _literal_labels(self, items: tuple, env: Env) -> ir.LabelSet | None:
         labels: list[ir.Label] = []
+        seen: set[ir.Label] = set()  # a set: a range may hold many labels
         ok = True
         for item in items:
             for label, span in self._literal_item(item, env):
                 if label is None:
                     ok = False
-                elif label in labels:
+                elif label in seen:
                     self.reporter.warning(
                         "W0201", f"label {ir.format_label(label)} is listed twice", span,
                         help="a label set holds each label once; remove the repetition",
                     )
                 else:
                     labels.append(label)
+                    seen.add(label)
         return ir.LabelSet(tuple(labels)) if ok else None
 
     def _literal_item(self, item, env: Env) -> list[tuple[ir.Label | None, Span]]:
@@ -151,6 +163,13 @@ class Declarations:
                     help=f"write the smaller bound first: `{high}..{low}`",
                 )
                 return [(None, item.span)]
+            if high - low >= MAX_RANGE_LABELS:
+                self.reporter.error(
+                    "E0206", f"label range {low}..{high} has {high - low + 1} labels; a range holds at most "
+                    f"{MAX_RANGE_LABELS:,}", item.span,
+                    help="a label set names the classes of a module's scores; check the bounds of the range",
+                )
+                return [(None, item.span)]
             return [(label, item.span) for label in range(low, high + 1)]
         label = self.label_literal(item, env)
         if label is not None:
@@ -158,8 +177,9 @@ class Declarations:
         if isinstance(item, (ast.Name, ast.Binary)):
             members = self.label_set(item, env)
             return [(label, item.span) for label in members.labels] if members else [(None, item.span)]
+        what = f"`{item.text}`" if isinstance(item, ast.Number) else "this"
         self.reporter.error(
-            "E0203", "not a label", item.span, help="labels are integers, strings or `other`",
+            "E0203", f"{what} is not a label", item.span, help="labels are integers, strings or `other`",
         )
         return [(None, item.span)]
 
@@ -229,7 +249,10 @@ class Declarations:
         if isinstance(found, ir.LabelSet):
             if found.opaque and not allow_labels:
                 return ir.DimVar(name)  # an unbound generic parameter used as a size
-            return ir.DimLabels(found) if allow_labels else self._labels_in_arithmetic(name, span)
+            if allow_labels:
+                return ir.DimLabels(found)
+            self._argument_of_wrong_kind(name, span, env, "a dimension", "a label set", "in dimension arithmetic")
+            return None
         if found is not None and not isinstance(found, Symbol):
             return found
         if isinstance(found, Symbol):
@@ -245,6 +268,14 @@ class Declarations:
         self.undefined(name, span, env.scope, "dimension", ("dim", "labels"))
         return None
 
+    def _argument_of_wrong_kind(self, name: str, use: Span, env: Env, wanted: str, given: str, how: str) -> None:
+        """A generic uses parameter `name` as `wanted` but was given `given`: blame the argument, not the generic."""
+        self.reporter.error(
+            "E0109", f"this type argument must be {wanted}, not {given}", env.arg_spans.get(name, use),
+            help=f"pass {wanted}, such as {ARGUMENT_EXAMPLES[wanted]}",
+            notes=(Note(f"the generic uses `{name}` {how} here", use),),
+        )
+
     def _labels_in_arithmetic(self, name: str, span: Span) -> None:
         self.reporter.error(
             "E0303", f"label set `{name}` used in dimension arithmetic", span,
@@ -252,7 +283,7 @@ class Declarations:
         )
 
     def _dim_arithmetic(self, op: str, left, right, expr, env: Env, allow_labels: bool) -> ir.Dim | None:
-        if op == "-" and allow_labels and self._is_label_operand(left, env):
+        if op == "-" and allow_labels and self.is_label_set_expr(left, env):
             labels = self.label_set(expr, env)
             return ir.DimLabels(labels) if labels is not None else None
         if op == "/":
@@ -279,11 +310,12 @@ class Declarations:
             return None
         return folded
 
-    def _is_label_operand(self, expr: ast.Expr, env: Env) -> bool:
+    def is_label_set_expr(self, expr: ast.Expr, env: Env) -> bool:
+        """Whether an expression reads as a label set (a literal, `other`, a labels name, `A | B`, `A - B`)."""
         if isinstance(expr, (ast.LabelSetLiteral, ast.OtherLabel)):
             return True
         if isinstance(expr, ast.Binary) and expr.op in "|-":
-            return self._is_label_operand(expr.left, env)
+            return self.is_label_set_expr(expr.left, env)
         if isinstance(expr, ast.Name):
             found = self.lookup(expr.id, expr.span, env)
             return isinstance(found, ir.LabelSet) or (isinstance(found, Symbol) and found.kind == "labels")
@@ -310,15 +342,30 @@ class Declarations:
             case ast.Name(id=name) if name in BUILTIN_CONSTANTS and name not in env.params:
                 return float(BUILTIN_CONSTANTS[name])
             case ast.Name(id=name):
-                found = self.lookup(name, expr.span, env)
-                if isinstance(found, Symbol) and found.kind == "dim":
-                    value = self.declared_dim(found)
-                    if isinstance(value, ir.DimConst):
-                        return value.value
-        self.reporter.error(
-            "E0312", "expected a constant number", expr.span,
-            help="use numbers, constant dims and `+ - * / **` (e.g. `1/255`, `-inf`)",
-        )
+                return self._named_constant(name, expr.span, env)
+        self.reporter.error("E0312", "expected a constant number", expr.span, help=CONSTANT_HELP)
+        return None
+
+    def _named_constant(self, name: str, span: Span, env: Env) -> float | None:
+        """The value of a constant dim; any other name is reported for what it is."""
+        if name in env.ports or name in env.variables:
+            self.reporter.error("E0312", f"`{name}` varies per sample, not a constant", span, help=CONSTANT_HELP)
+            return None
+        found = self.lookup(name, span, env)
+        if found is None:
+            self.undefined(name, span, env.scope, "name", ("dim",))
+            return None
+        if isinstance(found, Symbol) and found.kind == "dim":
+            value = self.declared_dim(found)
+            if not isinstance(value, ir.DimConst):
+                if value is not None:
+                    self.reporter.error(
+                        "E0312", f"`{name}` is a dimension bound per call, not a constant", span, help=CONSTANT_HELP,
+                    )
+                return None
+            return value.value
+        what = KIND_NOUNS[found.kind] if isinstance(found, Symbol) else "a generic parameter"
+        self.reporter.error("E0312", f"`{name}` is {what}, not a constant", span, help=CONSTANT_HELP)
         return None
 
     def _constant_arithmetic(self, op: str, left, right, span: Span, env: Env) -> float | None:
@@ -356,19 +403,24 @@ class Declarations:
         """Type arguments: label-set expressions become label sets, anything else a dim."""
         values: list[ir.LabelSet | ir.Dim | None] = []
         for arg in args:
-            if self._is_label_operand(arg, env):
+            if self.is_label_set_expr(arg, env):
                 values.append(self.label_set(arg, env))
+            elif isinstance(arg, ast.Name) and self.lookup(arg.id, arg.span, env) is None:
+                self.undefined(arg.id, arg.span, env.scope, "label set or dimension", ("labels", "dim"))
+                values.append(None)
             else:
                 values.append(self.dim(arg, env))
         return values
 
     def bind_params(
         self, params: tuple[ast.Identifier, ...], args: tuple[ast.Expr, ...], span: Span, env: Env, what: str,
-    ) -> dict[str, ir.LabelSet | ir.Dim] | None:
+        scope: FileScope,
+    ) -> Env | None:
+        """The environment of a generic's body (declared in `scope`) with its parameters bound to `args`."""
         if len(params) != len(args):
             expected = ", ".join(param.name for param in params)
             self.reporter.error(
-                "E0108", f"{what} takes {len(params)} type argument{'s' if len(params) != 1 else ''}, "
+                "E0108", f"`{what}` takes {len(params)} type argument{'s' if len(params) != 1 else ''}, "
                 f"{len(args)} given", span,
                 help=f"write `{what}[{expected}]`" if params else f"write `{what}` without brackets",
             )
@@ -376,7 +428,9 @@ class Declarations:
         values = self.generic_args(args, env)
         if any(value is None for value in values):
             return None
-        return {param.name: value for param, value in zip(params, values, strict=True)}  # type: ignore[misc]
+        bound = {param.name: value for param, value in zip(params, values, strict=True)}
+        spans = {param.name: _written_at(arg, env) for param, arg in zip(params, args, strict=True)}
+        return Env(scope, bound, arg_spans=spans)  # type: ignore[arg-type]
 
     def type_expr(self, node: ast.TypeExpr, env: Env) -> ir.TensorType | None:
         """A tensor type with its refinements applied; None if any part of it is wrong."""
@@ -397,10 +451,21 @@ class Declarations:
             self.wrong_kind(name, head.name.span, symbol, "a type")
             return None
         decl: ast.TypeDecl = symbol.node  # type: ignore[assignment]
-        params = self.bind_params(decl.params, head.args, head.span, env, name)
-        if params is None:
+        bound = self.bind_params(decl.params, head.args, head.span, env, name, symbol.scope)
+        if bound is None:
             return None
-        return self.type_expr(decl.value, Env(symbol.scope, params))
+        key = (symbol.scope.path, symbol.name)
+        if key in self._in_progress:
+            self.reporter.error(
+                "E0115", f"type `{symbol.name}` is defined in terms of itself", symbol.span,
+                help="a type is a tensor type or another type refined; it cannot contain itself",
+            )
+            return None
+        self._in_progress.add(key)
+        try:
+            return self.type_expr(decl.value, bound)
+        finally:
+            self._in_progress.discard(key)
 
     def _tensor(self, node: ast.TensorType, env: Env) -> ir.TensorType | None:
         dims = [self.dim(dim, env) for dim in node.dims]
@@ -431,12 +496,15 @@ class Declarations:
                 if new_range is None:
                     ok = False
                     continue
-                value_range = _intersect(value_range, new_range)
-                if value_range is None:
+                narrowed = _intersect(value_range, new_range)
+                if narrowed is None:
                     self.reporter.error(
-                        "E0310", "this range does not overlap the range the type already has", refinement.span,
+                        "E0310", f"{_format_range(new_range)} does not overlap {_format_range(value_range)}, "
+                        "the range the type already has", refinement.span,
+                        help="a range refinement narrows the type's range; the two must share some values",
                     )
                     ok = False
+                value_range = narrowed
                 continue
             word = refinement.name.name
             if word == "finite":
@@ -484,11 +552,36 @@ def _intersect(old: tuple[float, float] | None, new: tuple[float, float]) -> tup
     return (low, high) if low <= high else None
 
 
-def _set_name(expr: ast.Expr | None) -> str:
+def _names_of_kind(name: str, scope: FileScope, kinds: tuple[str, ...]) -> list[str]:
+    """The names `name` may have been meant as: for `alias.name`, those the imported file declares."""
+    alias, dot, _ = name.rpartition(".")
+    if not dot:
+        return scope.names_of_kind(*kinds)
+    target: FileScope | None = scope
+    for part in alias.split("."):
+        target = target.imports.get(part) if target is not None else None
+    return [f"{alias}.{known}" for known in target.names_of_kind(*kinds)] if target is not None else []
+
+
+def _written_at(arg: ast.Expr, env: Env) -> Span:
+    """Where a generic argument comes from: a parameter passed on is traced back to its own argument."""
+    if isinstance(arg, ast.Name) and arg.id in env.arg_spans:
+        return env.arg_spans[arg.id]
+    return arg.span
+
+
+def _labels_phrase(labels: list[ir.Label]) -> str:
+    """`label 10 is` or `labels 10, 11 are`, to say which labels a check found."""
+    shown = ", ".join(ir.format_label(label) for label in labels)
+    return f"label {shown} is" if len(labels) == 1 else f"labels {shown} are"
+
+
+def _format_range(value_range: tuple[float, float]) -> str:
+    low, high = (f"{bound:g}" for bound in value_range)
+    return f"[{low}, {high}]"
+
+
+def _set_name(expr: ast.Expr) -> str:
     if isinstance(expr, ast.Name):
         return f"`{expr.id}`"
     return "its parent"
-
-
-def _qualified(symbol: Symbol) -> str:
-    return symbol.name

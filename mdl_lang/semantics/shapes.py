@@ -7,6 +7,7 @@ backend can take it up later. A definite mismatch is never left undecided.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from mdl_lang import ir
@@ -24,8 +25,12 @@ def _definitely_differ(left: ir.Dim, right: ir.Dim) -> str | None:
         return f"axis labelled {left.labels.describe()} against {right.labels.describe()}"
     left_size, right_size = _size(left), _size(right)
     if left_size is not None and right_size is not None and left_size != right_size:
-        return f"{left} (size {left_size}) against {right} (size {right_size})"
+        return f"{_with_size(left, left_size)} against {_with_size(right, right_size)}"
     return None
+
+
+def _with_size(dim: ir.Dim, size: int) -> str:
+    return str(dim) if isinstance(dim, ir.DimConst) else f"{dim} of size {size}"
 
 
 def _size(dim: ir.Dim) -> int | None:
@@ -83,6 +88,14 @@ def slice_length(dim: ir.Dim, item: ir.IndexSlice) -> ir.Dim:
 
 
 # ---------------------------------------------------------------- dim equations
+
+
+_RENAMED = re.compile(r"[A-Za-z0-9_.]+#\d+:")
+
+
+def plain(text: str) -> str:
+    """Text about renamed dims as the user wrote them: `w#1:S` (S in the first use of `w`) is shown as `S`."""
+    return _RENAMED.sub("", text)
 
 
 def rename_apart(dim: ir.Dim, prefix: str) -> ir.Dim:
@@ -188,7 +201,7 @@ class DimSolver:
 
     def _solve_linear(self, a: ir.Dim, b: ir.Dim) -> DimProblem | None:
         left, right = linear(a), linear(b)
-        equation = f"{a} == {b}"
+        equation = plain(f"`{a} == {b}`")
         if left is None or right is None:
             return DimProblem("undecided", f"{equation} is not linear")
         terms = dict(left.terms)

@@ -103,7 +103,7 @@ def _unexpected_token(error: UnexpectedToken, text: str, file: str, spellings: d
         others = [word for word in expected if word not in (CLOSERS[stack[-1].char], *OPERATORS)]
         return _unclosed(stack[-1], found, span, code, others)
     message = f"expected {_describe_expected(expected)}, found {found}"
-    return Diagnostic(code, message, span, help=_hint(expected, token))
+    return Diagnostic(code, message, span, help=_hint(expected, token, text))
 
 
 def _unclosed(opener: OpenBracket, found: str, span: Span, code: str, others: list[str] = ()) -> Diagnostic:
@@ -129,7 +129,8 @@ def _looks_unclosed(token, expected: list[str]) -> bool:
     """Whether the best reading is a missing closer rather than a bad item inside the brackets."""
     if token.type == "$END" or str(token) in OPENERS:
         return True
-    if token.type == "NAME" and str(token) in DECLARATION_WORDS | MEMBER_WORDS:
+    # A keyword is lexed as its own terminal (`MODULE`) where no name fits, as a NAME where one does.
+    if str(token) in DECLARATION_WORDS | MEMBER_WORDS:
         return True
     return not (set(expected) & (EXPRESSION_STARTS | {"a name", "a number", "a string"}))
 
@@ -211,11 +212,12 @@ def _join(items: list[str]) -> str:
     return ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
-def _hint(expected: list[str], token) -> str | None:
+def _hint(expected: list[str], token, text: str) -> str | None:
     if token.type == "NAME" and str(token) in DECLARATION_WORDS | MEMBER_WORDS:
         return f"`{token}` is a keyword; it cannot be used as a name here"
-    if "=" in expected and token.type == "COMPARE_OP":
-        return "a definition uses `=`, a comparison `==`"
+    if str(token) == "=" and text[token.start_pos - 1:token.start_pos] == "=":
+        # Where `=` is expected the lexer reads `==` as two `=`: the second one is the error.
+        return "a definition uses one `=`; `==` compares"
     if ":" in expected:
         return "a port or a quantifier needs `:` before what follows"
     return None

@@ -1,0 +1,168 @@
+"""`mdl check` as a user runs it: text and mdl-report/1 JSON output, and the exit codes of LANGUAGE.md section 8.
+
+Most tests call `mdl_lang.cli.main` in-process (fast); one runs the command in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mdl_lang.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = Path("tests/golden/cases")
+
+CLEAN = """\
+labels Digit = {0..9}
+dim B : batch
+type Image = Tensor[B, 64] float32 in [0, 1]
+type Scores[L] = Tensor[B, L] float32 in [0, 1]
+
+interface Classifier[L] {
+  input x: Image
+  output y: Scores[L]
+  ensures sum(y) == 1 within 1e-5
+}
+
+module cnn : Classifier[Digit] {}
+"""
+
+# A label listed twice: a warning and nothing else.
+WARNING_ONLY = CLEAN + "labels Round = {0, 6, 8, 9, 6}\n"
+
+DIAGNOSTIC_FIELDS = {"code", "severity", "message", "file", "line", "column"}
+
+
+@pytest.fixture
+def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+
+
+def spec_file(folder: Path, text: str, name: str = "spec.mdl") -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
+    code = main(["check", "--format", "json", *args])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.usefixtures("in_repo")
+def test_json_report_has_the_schema_and_the_diagnostic_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    code, report = run_json(capsys, str(CASES / "multi_three_errors.mdl"))
+    assert code == 1
+    assert report["schema"] == "mdl-report/1"
+    assert report["command"] == "check"
+    diagnostics = report["diagnostics"]
+    assert [d["code"] for d in diagnostics] == ["E0308", "E0204", "E0504"]
+    for diagnostic in diagnostics:
+        assert diagnostic.keys() >= DIAGNOSTIC_FIELDS
+        assert diagnostic["severity"] == "error"
+        assert diagnostic["file"] == "tests/golden/cases/multi_three_errors.mdl"
+        assert isinstance(diagnostic["line"], int) and isinstance(diagnostic["column"], int)
+    assert (diagnostics[1]["line"], diagnostics[1]["column"]) == (23, 13)
+    assert report["results"] == [
+        {"file": "tests/golden/cases/multi_three_errors.mdl", "backend": "static", "verdict": "fail"},
+    ]
+    assert report["summary"] == {"pass": 0, "fail": 1, "unknown": 0, "skip": 0}
+
+
+@pytest.mark.usefixtures("in_repo")
+def test_json_notes_and_help_are_kept(capsys: pytest.CaptureFixture[str]) -> None:
+    _, report = run_json(capsys, str(CASES / "names_type_argument_kind.mdl"))
+    (diagnostic,) = report["diagnostics"]
+    assert diagnostic["help"].startswith("pass a label set")
+    assert diagnostic["notes"][0]["line"] == 9
+
+
+def test_clean_spec_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(spec_file(tmp_path, CLEAN))]) == 0
+    assert capsys.readouterr().out == "checked 1 file: no problems found\n"
+
+
+def test_clean_spec_json_has_no_diagnostics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, report = run_json(capsys, str(spec_file(tmp_path, CLEAN)))
+    assert code == 0
+    assert report["diagnostics"] == []
+    assert report["summary"]["pass"] == 1
+
+
+@pytest.mark.usefixtures("in_repo")
+def test_spec_error_exits_1_and_prints_the_rendered_text(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(CASES / "names_duplicate.mdl")]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("error[E0102]: `Digit` is declared twice\n")
+    assert out.endswith("1 error found\n")
+
+
+def test_warnings_alone_exit_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(spec_file(tmp_path, WARNING_ONLY))]) == 0
+    assert "warning[W0201]" in capsys.readouterr().out
+
+
+def test_warnings_exit_1_with_strict(tmp_path: Path) -> None:
+    assert main(["check", "--strict", str(spec_file(tmp_path, WARNING_ONLY))]) == 1
+
+
+@pytest.mark.usefixtures("in_repo")
+def test_undecided_dims_are_an_unknown_verdict_that_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    code, report = run_json(capsys, str(CASES / "compose_dim_undecided.mdl"))
+    assert code == 0
+    assert report["results"][0]["verdict"] == "unknown"
+    assert main(["check", "--strict", str(CASES / "compose_dim_undecided.mdl")]) == 1
+
+
+def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(tmp_path / "absent.mdl")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_bad_flag_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--no-such-flag", str(spec_file(tmp_path, CLEAN))]) == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_bad_format_and_missing_paths_exit_2(tmp_path: Path) -> None:
+    assert main(["check", "--format", "xml", str(spec_file(tmp_path, CLEAN))]) == 2
+    assert main(["check"]) == 2
+
+
+def test_root_that_is_not_a_folder_exits_2(tmp_path: Path) -> None:
+    spec = spec_file(tmp_path, CLEAN)
+    assert main(["check", "--root", str(tmp_path / "nowhere"), str(spec)]) == 2
+
+
+def test_folder_is_searched_and_every_file_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec_file(tmp_path, CLEAN, "a.mdl")
+    spec_file(tmp_path, "labels Digit = {9..0}\n", "b.mdl")
+    code, report = run_json(capsys, str(tmp_path))
+    assert code == 1
+    assert [d["code"] for d in report["diagnostics"]] == ["E0202"]
+    assert sorted(r["verdict"] for r in report["results"]) == ["fail", "pass"]
+
+
+def test_root_flag_widens_the_spec_root(tmp_path: Path) -> None:
+    shared = spec_file(tmp_path, "labels Digit = {0..9}\n", "shared.mdl")
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    spec = spec_file(inner, f'import "../{shared.name}" as shared\nlabels Even = {{0, 2}} within shared.Digit\n')
+    assert main(["check", str(spec)]) == 1
+    assert main(["check", "--root", str(tmp_path), str(spec)]) == 0
+
+
+def test_subprocess_prints_json_and_exits_1() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "mdl_lang.cli", "check", "--format", "json", str(CASES / "labels_empty_range.mdl")],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert completed.returncode == 1, completed.stderr
+    report = json.loads(completed.stdout)
+    assert report["schema"] == "mdl-report/1"
+    assert [(d["code"], d["line"], d["column"]) for d in report["diagnostics"]] == [("E0202", 5, 17)]
