@@ -26,6 +26,7 @@ CODES: dict[str, str] = {
     "E0004": "invalid escape in string",
     "E0005": "unterminated string",
     "E0006": "unmatched closing bracket",
+    "E0007": "expressions nested too deeply",
     # names, imports, declarations
     "E0101": "undefined name",
     "E0102": "duplicate definition",

@@ -242,8 +242,8 @@ class ValueType:
             return f"a label of {self.labels.describe()}" if self.labels else "a label"
         noun = {Element.REAL: "number", Element.INT: "integer", Element.BOOL: "boolean"}[self.element]
         if self.is_scalar:
-            return f"a {noun}"
-        return f"a {noun} tensor of shape {format_shape(self.shape)}"
+            return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
+        return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} tensor of shape {format_shape(self.shape)}"
 
 
 REAL = ValueType(Element.REAL)

@@ -323,11 +323,6 @@ interface Classifier {
 """
 
 
-@pytest.mark.xfail(
-    raises=RecursionError, strict=True,
-    reason="a sum of 600 terms nests 600 levels deep: the parser's tree builder (a recursive lark Transformer), "
-    "clause typing and ir.walk recurse once per level; remove this mark once they no longer do",
-)
 def test_a_long_sum_checks_without_raising(spec_root: Path) -> None:
     terms = " + ".join(f"y[{index % 10}]" for index in range(600))
     checks(Seed("deep_sum.mdl", DEEP_SUM % terms), spec_root)

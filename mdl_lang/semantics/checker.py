@@ -19,7 +19,7 @@ from mdl_lang.semantics.context import Env, FileScope, Reporter, Symbol
 from mdl_lang.semantics.declarations import Declarations
 from mdl_lang.span import Span
 from mdl_lang.syntax import ast
-from mdl_lang.syntax.parser import keywords, parse, paused_gc
+from mdl_lang.syntax.parser import front_end_context, keywords, parse, too_deep
 
 # Words of the cost sub-language stay usable as names elsewhere (`s`, `ms`, `batch`...).
 CONTEXTUAL_WORDS = frozenset({"s", "ms", "us", "per", "sample", "at", "batch", "params", "flops", "latency",
@@ -66,8 +66,13 @@ class Checker:
         self._specs: dict[str, ir.Spec] = {}
 
     def check(self, path: Path) -> ir.Spec | None:
-        scope = self._load(path.resolve(), None)
-        return None if scope is None else self._spec(scope)
+        with front_end_context():
+            try:
+                scope = self._load(path.resolve(), None)
+                return None if scope is None else self._spec(scope)
+            except RecursionError:
+                self.reporter.diagnostics.append(too_deep(display_path(path.resolve())))
+                return None
 
     def result(self) -> CheckResult:
         return CheckResult(dict(self._specs), sorted(self.reporter.diagnostics, key=sort_key), self.sources)
@@ -302,9 +307,8 @@ def check_paths(paths: list[Path], root: Path | None = None) -> CheckResult:
     """Check files (directories are searched for `*.mdl`) under one spec root."""
     files = expand_paths(paths)
     checker = Checker(root or default_root(paths))
-    with paused_gc():
-        for path in files:
-            checker.check(path)
+    for path in files:
+        checker.check(path)
     return checker.result()
 
 

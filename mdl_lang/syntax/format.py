@@ -47,7 +47,7 @@ from itertools import pairwise
 
 from mdl_lang.diagnostics import Diagnostic
 from mdl_lang.syntax import ast
-from mdl_lang.syntax.parser import parse
+from mdl_lang.syntax.parser import front_end_context, parse, too_deep
 
 INDENT = "  "
 TRAILING_GAP = "  "
@@ -71,7 +71,11 @@ def format_text(text: str, file: str = "<input>") -> FormatResult:
     result = parse(text, file)
     if result.tree is None or any(diagnostic.is_error for diagnostic in result.diagnostics):
         return FormatResult(None, result.diagnostics)
-    return FormatResult(format_spec(result.tree), result.diagnostics)
+    with front_end_context():
+        try:
+            return FormatResult(format_spec(result.tree), result.diagnostics)
+        except RecursionError:
+            return FormatResult(None, (too_deep(file),))
 
 
 def format_spec(tree: ast.SpecFile) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import gc
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,26 +78,46 @@ class ParseResult:
     diagnostics: tuple[Diagnostic, ...]
 
 
+# Front-end passes recurse once per level of nesting (`a + b + ... + z` nests once per
+# term). Python-to-Python calls do not grow the C stack on CPython 3.11+, so a spec may
+# nest this deep; deeper nesting is reported as E0007, never a RecursionError.
+NESTING_LIMIT = 30_000
+
+
 @contextmanager
-def paused_gc() -> Iterator[None]:
-    """Run a block with the cyclic garbage collector paused.
+def front_end_context() -> Iterator[None]:
+    """Run a front-end pass with the cyclic garbage collector paused and deep nesting allowed.
 
     Parsing allocates hundreds of thousands of short-lived, acyclic objects; the
     collector's passes over them cost about a third of the parse time.
     """
     was_enabled = gc.isenabled()
+    limit = sys.getrecursionlimit()
     gc.disable()
+    sys.setrecursionlimit(max(limit, NESTING_LIMIT))
     try:
         yield
     finally:
+        sys.setrecursionlimit(limit)
         if was_enabled:
             gc.enable()
 
 
+def too_deep(file: str) -> Diagnostic:
+    """The diagnostic for a file whose nesting exceeds what the front end follows."""
+    return Diagnostic(
+        "E0007", "this file nests expressions too deeply to check", Span(file, 1, 1, 1, 1),
+        help="split the expression into several clauses, or name parts of it with `dim` or `labels`",
+    )
+
+
 def parse(text: str, file: str = "<input>") -> ParseResult:
     """Parse one file. On syntax errors the tree is None and every error found is returned."""
-    with paused_gc():
-        return _parse(text, file)
+    with front_end_context():
+        try:
+            return _parse(text, file)
+        except RecursionError:
+            return ParseResult(None, (too_deep(file),))
 
 
 def _parse(text: str, file: str) -> ParseResult:

@@ -112,6 +112,9 @@ class Boundary:
         except UnsupportedClause as reason:
             self.skipped.append(Skipped(clause, str(reason)))
             return None
+        except RecursionError:
+            self.skipped.append(Skipped(clause, "nested too deeply for the monitor to compile"))
+            return None
         return Check(clause.name, clause.kind, clause.fragment.value, clause.span, compiled.holds, compiled.mask,
                      clause, compiled.nodes)
 
