@@ -361,8 +361,10 @@ class ContractTester:
                            "not an (inputs, labels) pair or a Dataset")
 
     def _declared_data(self, clause: ir.Clause) -> ir.Data:
+        # A clause names its data set as the file that wrote it sees it (an imported interface's clause too).
+        writer = _spec_of_file(self.spec, clause.span.file) or self.spec
         head, _, rest = clause.data.partition(".")
-        spec = self.spec.imports.get(head) if rest else self.spec
+        spec = writer.imports.get(head) if rest else writer
         data = spec.data.get(rest or head) if spec else None
         if data is None:
             raise BindingError(f"no data set `{clause.data}`")
@@ -461,6 +463,20 @@ def _vote_parts(component: ir.Component) -> list[str] | None:
     if not isinstance(node, ir.VoteNode):
         return None
     return [replaced.get(part.name, part.name) for part in node.parts if isinstance(part, ir.PartRef)]
+
+
+def _spec_of_file(spec: ir.Spec, file: str, seen: set[str] | None = None) -> ir.Spec | None:
+    """The spec of `file` among `spec` and everything it imports."""
+    seen = seen if seen is not None else set()
+    if spec.file == file:
+        return spec
+    seen.add(spec.file)
+    for imported in spec.imports.values():
+        if imported.file not in seen:
+            found = _spec_of_file(imported, file, seen)
+            if found is not None:
+                return found
+    return None
 
 
 def _file_safe(name: str) -> str:
