@@ -25,7 +25,7 @@ from mdl_lang.backends.torch.boundary import Boundary
 from mdl_lang.backends.torch.monitor import (
     MonitorOptions,
     Session,
-    _check_mode,
+    Switchable,
     port_values,
     run_part,
     should_check,
@@ -72,7 +72,7 @@ def module_key(name: str) -> str:
     return name.replace(".", "__")
 
 
-class ComposedModel(nn.Module):
+class ComposedModel(Switchable, nn.Module):
     """A composition built from its parts, monitored at every part's boundary and at its own."""
 
     def __init__(
@@ -132,15 +132,6 @@ class ComposedModel(nn.Module):
         raise CompositionError("a vote part must be a module or a named composition")
 
     # ------------------------------------------------------------ running
-
-    @property
-    def mode(self) -> str:
-        return self.options.mode
-
-    @mode.setter
-    def mode(self, mode: str) -> None:
-        _check_mode(mode)
-        self.options.mode = mode
 
     def forward(self, *args, **kwargs):
         boundary = self._boundaries.setdefault(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -166,8 +165,19 @@ def _example_tensor(port: ir.Port, batch: int, dims: int) -> torch.Tensor:
     return torch.full(shape, middle, dtype=torch.float64).to(dtype)
 
 
+def _names(dims) -> set[str]:
+    """Every symbolic dim name a shape uses, inside arithmetic too."""
+    names: set[str] = set()
+    for dim in dims:
+        if isinstance(dim, ir.DimVar):
+            names.add(dim.name)
+        elif isinstance(dim, ir.DimBinary):
+            names |= _names((dim.left, dim.right))
+    return names
+
+
 def _example_shape(port: ir.Port, batch: int, dims: int) -> tuple[int, ...]:
-    sizes: defaultdict[str, int] = defaultdict(lambda: dims)
+    sizes = {name: dims for name in _names(port.type.dims)}
     sizes.update({dim.name: batch for dim in port.type.dims if isinstance(dim, ir.DimVar) and dim.batch})
     shape = []
     for dim in port.type.dims:

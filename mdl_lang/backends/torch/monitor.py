@@ -238,7 +238,22 @@ def _offending(tensor: torch.Tensor, samples: list[int] | None) -> torch.Tensor:
     return selected.cpu().clone()
 
 
-class MonitoredModule(nn.Module):
+class Switchable:
+    """The `mode` of a monitor, switchable after binding (`model.mode = "off"`)."""
+
+    options: MonitorOptions
+
+    @property
+    def mode(self) -> str:
+        return self.options.mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        _check_mode(mode)
+        self.options.mode = mode
+
+
+class MonitoredModule(Switchable, nn.Module):
     """A module bound to its spec: runs it unchanged and checks its contract on every (N-th) call."""
 
     def __init__(
@@ -261,15 +276,6 @@ class MonitoredModule(nn.Module):
         if self._boundary is None:
             self._boundary = Boundary(self.contract_name, self.component, self.sources)
         return self._boundary
-
-    @property
-    def mode(self) -> str:
-        return self.options.mode
-
-    @mode.setter
-    def mode(self, mode: str) -> None:
-        _check_mode(mode)
-        self.options.mode = mode
 
     def forward(self, *args, **kwargs):
         if not should_check(self):

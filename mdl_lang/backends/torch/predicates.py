@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mdl_lang import ir
+from mdl_lang.backends.torch.refinements import dim_size
 
 Value = torch.Tensor | float | int | bool
 
@@ -526,17 +527,11 @@ def softmax(value: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_dim(dim: ir.Dim, bound: dict[str, int]) -> int:
-    match dim:
-        case ir.DimConst(value=value):
-            return value
-        case ir.DimVar(name=name):
-            return bound[name]
-        case ir.DimLabels(labels=labels):
-            return len(labels)
-        case ir.DimBinary(op=op, left=left, right=right):
-            a, b = evaluate_dim(left, bound), evaluate_dim(right, bound)
-            return {"+": a + b, "-": a - b, "*": a * b}.get(op, a // b if b else 0)
-    raise UnsupportedClause(f"dimension {dim} has no single size")
+    """The size of a dim in this call; the shape check has bound every name it uses."""
+    size = dim_size(dim, bound)
+    if size is None:
+        raise UnsupportedClause(f"dimension {dim} has no single size")
+    return size
 
 
 def _static_item(item: ir.IndexItem) -> object:

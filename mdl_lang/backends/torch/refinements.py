@@ -131,14 +131,15 @@ def _bind(dim: ir.Dim, size: int, bound: dict[str, int]) -> str | None:
                 return None
             return None if bound[name] == size else f"`{name}` is {bound[name]} elsewhere in this call, here {size}"
         case ir.DimBinary():
-            value = _evaluate(dim, bound)
+            value = dim_size(dim, bound)
             if value is None:
                 return _solve_one(dim, size, bound)
             return None if value == size else f"expected {dim} = {value}, got {size}"
     return None
 
 
-def _evaluate(dim: ir.Dim, bound: dict[str, int]) -> int | None:
+def dim_size(dim: ir.Dim, bound: dict[str, int]) -> int | None:
+    """The size a dim has under the call's bound dims, or None while one of its names is unbound."""
     match dim:
         case ir.DimConst(value=value):
             return value
@@ -147,7 +148,7 @@ def _evaluate(dim: ir.Dim, bound: dict[str, int]) -> int | None:
         case ir.DimLabels(labels=labels):
             return len(labels)
         case ir.DimBinary(op=op, left=left, right=right):
-            a, b = _evaluate(left, bound), _evaluate(right, bound)
+            a, b = dim_size(left, bound), dim_size(right, bound)
             if a is None or b is None:
                 return None
             if op == "//":
@@ -164,7 +165,7 @@ def _solve_one(dim: ir.Dim, size: int, bound: dict[str, int]) -> str | None:
     name = unknowns.pop()
     for candidate in (1, 2):
         bound[name] = candidate
-        value = _evaluate(dim, bound)
+        value = dim_size(dim, bound)
         del bound[name]
         if value is None:
             return "later"
@@ -174,7 +175,7 @@ def _solve_one(dim: ir.Dim, size: int, bound: dict[str, int]) -> str | None:
     if slope == 0 or (size - intercept) % slope or (size - intercept) // slope <= 0:
         return f"no positive {name} makes {dim} equal {size}"
     bound[name] = (size - intercept) // slope
-    return None if _evaluate(dim, bound) == size else f"no positive {name} makes {dim} equal {size}"
+    return None if dim_size(dim, bound) == size else f"no positive {name} makes {dim} equal {size}"
 
 
 def _unknowns(dim: ir.Dim, bound: dict[str, int]) -> set[str]:
