@@ -89,7 +89,7 @@ def latency_samples(module: nn.Module, inputs: tuple[torch.Tensor, ...], repeats
 def evaluation_mode(module: nn.Module) -> Iterator[None]:
     """Run in eval mode and restore each submodule's flag: measuring must not update BatchNorm statistics."""
     modes = [(submodule, submodule.training) for submodule in module.modules()]
-    module.eval()
+    module.train(False)
     try:
         yield
     finally:
