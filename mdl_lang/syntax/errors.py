@@ -212,15 +212,38 @@ def _join(items: list[str]) -> str:
     return ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
+_PREVIOUS_WORD = re.compile(r"(?m)^([ \t]*)([A-Za-z_][A-Za-z0-9_]*)[ \t]*\Z")
+
+
 def _hint(expected: list[str], token, text: str) -> str | None:
     if token.type == "NAME" and str(token) in DECLARATION_WORDS | MEMBER_WORDS:
         return f"`{token}` is a keyword; it cannot be used as a name here"
+    start = len(text) if token.type == "$END" else token.start_pos
+    unfinished = _unfinished_before(text[:start].rstrip())
+    if unfinished is not None:
+        return unfinished
     if str(token) == "=" and text[token.start_pos - 1:token.start_pos] == "=":
         # Where `=` is expected the lexer reads `==` as two `=`: the second one is the error.
         return "a definition uses one `=`; `==` compares"
     if ":" in expected:
         return "a port or a quantifier needs `:` before what follows"
     return None
+
+
+def _unfinished_before(text: str) -> str | None:
+    """A declaration keyword alone at the start of the last line read as a name: the line before is unfinished.
+
+    The lexer takes `type` for a name where an expression may stand, so in
+    `dim H =` followed by `type T = ...` the error only shows at `T`.
+    """
+    match = _PREVIOUS_WORD.search(text)
+    if match is None or match.group(2) not in DECLARATION_WORDS:
+        return None
+    line = text.count("\n", 0, match.start(2)) + 1
+    return (
+        f"`{match.group(2)}` on line {line} starts a new declaration, so the one before it is unfinished; "
+        "complete it (a value after `=`, a closing bracket)"
+    )
 
 
 def open_brackets(text: str, end: int) -> list[OpenBracket]:
