@@ -8,6 +8,7 @@ import pytest
 
 import mdl_lang
 from mdl_lang import ir
+from tests.syntax.examples import COMPOSITIONS, DECLARATIONS
 
 COMMON = """
 spec common
@@ -84,40 +85,7 @@ def test_spec_component_finds_names_through_imports(spec_of) -> None:
 
 
 # LANGUAGE.md sections 3, 4 and 6, with the modules section 6 composes declared.
-LANGUAGE_EXAMPLE = """
-spec digits                                  # optional; names the namespace
-import "common.mdl" as common                # relative path, must stay inside the spec root
-
-labels Digit  = {0..9}                       # integer range
-labels Even   = {0, 2, 4, 6, 8} within Digit # a subset, checked
-labels Garment = {"tshirt", "trouser", "pullover"}
-
-dim B : batch                                # the batch dimension (one per spec at most)
-dim H = 8, W = 8                             # constant dimensions
-dim F = H * W                                # derived dimension
-dim S                                        # free symbolic dimension, bound per call
-
-type Image     = Tensor[B, 1, H, W] float32 in [0, 1]
-type Flat      = Tensor[B, F] float32
-type Scores[L] = Tensor[B, L] float32        # generic over a label set
-
-interface Classifier[L] {
-  input  x: Image
-  output y: Scores[L]
-  requires finite(x)
-  ensures  finite(y)
-}
-
-module cnn : Classifier[Digit] {
-  python "examples.digits.models:load_cnn"      # optional binding for the CLI
-  ensures calibrated: sum(softmax(y)) == 1 within 1e-5
-  ensures robust: forall x2 within 0.02 of x (linf): argmax(self(x2)) == argmax(y)
-  ensures accuracy(y) >= 0.93 on digits_test with confidence 0.95
-  cost { params <= 50k, flops <= 2M per sample }
-}
-
-data digits_test : (Image, Digit) { python "examples.digits.data:test_split" }
-
+SECTION_6_PARTS = """
 # The modules that section 6 composes.
 interface Preprocess {
   input x: Image
@@ -143,14 +111,8 @@ module m5_v2 : Classifier[{5} | other] {
   ensures recall(y, 5) >= 0.95 on digits_test
 }
 module garment_net : Classifier[Garment] {}
-
-compose pipeline : Classifier[Digit] = normalize >> cnn
-compose voted    : Classifier[Digit] = vote(m0, m1, m2, m3, m4, m5, m6, m7, m8, m9)
-compose wider    : Classifier[Digit | Garment] = vote(cnn, garment_net)
-compose repaired : Classifier[Digit] = replace(voted, m5, m5_v2) {
-  ensures accuracy(y) >= 0.9 on digits_test
-}
 """
+LANGUAGE_EXAMPLE = "\n" + DECLARATIONS + SECTION_6_PARTS + "\n" + COMPOSITIONS
 
 SHARED = """
 spec common

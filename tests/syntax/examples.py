@@ -1,7 +1,7 @@
 """The example specs of LANGUAGE.md, shared by the parser and formatter tests."""
 
-# Sections 3, 4 and 6 as one file, with the reference's own spacing and comments.
-LANGUAGE_EXAMPLE = """\
+# Sections 3 and 4, with the reference's own spacing and comments.
+DECLARATIONS = """\
 spec digits                                  # optional; names the namespace
 import "common.mdl" as common                # relative path, must stay inside the spec root
 
@@ -34,7 +34,10 @@ module cnn : Classifier[Digit] {
 }
 
 data digits_test : (Image, Digit) { python "examples.digits.data:test_split" }
+"""
 
+# Section 6.
+COMPOSITIONS = """\
 compose pipeline : Classifier[Digit] = normalize >> cnn
 compose voted    : Classifier[Digit] = vote(m0, m1, m2, m3, m4, m5, m6, m7, m8, m9)
 compose wider    : Classifier[Digit | Garment] = vote(cnn, garment_net)
@@ -42,3 +45,6 @@ compose repaired : Classifier[Digit] = replace(voted, m5, m5_v2) {
   ensures accuracy(y) >= 0.9 on digits_test
 }
 """
+
+# Sections 3, 4 and 6 as one file.
+LANGUAGE_EXAMPLE = DECLARATIONS + "\n" + COMPOSITIONS
