@@ -8,8 +8,11 @@ Backends never see syntax; each node keeps the span it came from for reports.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from mdl_lang.span import NO_SPAN, Span
 
@@ -457,6 +460,15 @@ Expr = (
     Const | LabelConst | DimValue | PortRef | VarRef | Arith | Neg | Logic | Not | Compare | InRange | InLabels
     | Index | Call | SelfCall | Statistic | LabelQuantifier | BallQuantifier
 )
+
+# What the IR's operators mean, for every backend that evaluates them (on numbers or tensors).
+ARITHMETIC: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+    "//": operator.floordiv, "**": operator.pow,
+}
+COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+    "<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">=": operator.ge, ">": operator.gt,
+}
 
 EXPR_NODES: tuple[type, ...] = (
     Const, LabelConst, DimValue, PortRef, VarRef, Arith, Neg, Logic, Not, Compare, InRange, InLabels,

@@ -373,15 +373,7 @@ class Declarations:
         if a is None or b is None:
             return None
         try:
-            if op == "+":
-                return a + b
-            if op == "-":
-                return a - b
-            if op == "*":
-                return a * b
-            if op == "/":
-                return a / b
-            return float(a) ** b
+            return ir.ARITHMETIC[op](float(a) if op == "**" else a, b)
         except ZeroDivisionError:
             self.reporter.error("E0312", "division by zero", span)
         except OverflowError:

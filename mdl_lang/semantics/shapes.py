@@ -254,15 +254,5 @@ def fold_dim(dim: ir.Dim) -> ir.Dim:
         return dim
     left, right = fold_dim(dim.left), fold_dim(dim.right)
     if isinstance(left, ir.DimConst) and isinstance(right, ir.DimConst) and not (dim.op == "//" and right.value == 0):
-        return ir.DimConst(_apply(dim.op, left.value, right.value))
+        return ir.DimConst(ir.ARITHMETIC[dim.op](left.value, right.value))
     return ir.DimBinary(dim.op, left, right)
-
-
-def _apply(op: str, left: int, right: int) -> int:
-    if op == "+":
-        return left + right
-    if op == "-":
-        return left - right
-    if op == "*":
-        return left * right
-    return left // right

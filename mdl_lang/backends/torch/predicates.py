@@ -105,7 +105,7 @@ def _unchanged(left: Value, right: Value) -> tuple[Value, Value]:
 
 
 def _comparison(op: str) -> Callable[[Value, Value, CallContext], Value]:
-    compare = _COMPARISONS[op]
+    compare = ir.COMPARISONS[op]
     return lambda a, b, ctx: compare(a, b)
 
 
@@ -231,7 +231,7 @@ class PredicateCompiler:
 
     def emit_Arith(self, expr: ir.Arith) -> Closure:
         left, right = self.emit(expr.left), self.emit(expr.right)
-        operation = _ARITHMETIC[expr.op]
+        operation = ir.ARITHMETIC[expr.op]
         fit = aligner(expr.left, expr.right)
         return lambda ctx: operation(*fit(left(ctx), right(ctx)))
 
@@ -582,21 +582,3 @@ def _ge(left: Value, right: Value) -> Value:
 def _le(left: Value, right: Value) -> Value:
     return left <= right
 
-
-_ARITHMETIC: dict[str, Callable[[Value, Value], Value]] = {
-    "+": lambda a, b: a + b,
-    "-": lambda a, b: a - b,
-    "*": lambda a, b: a * b,
-    "/": lambda a, b: a / b,
-    "//": lambda a, b: a // b,
-    "**": lambda a, b: a ** b,
-}
-
-_COMPARISONS: dict[str, Callable[[Value, Value], Value]] = {
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    ">=": lambda a, b: a >= b,
-    ">": lambda a, b: a > b,
-}

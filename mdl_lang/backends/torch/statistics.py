@@ -17,8 +17,6 @@ incomplete beta function, so scipy is not needed.
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -274,13 +272,7 @@ class _Measured:
 
 _NEGATED = {">=": "<", ">": "<=", "<=": ">", "<": ">=", "==": "!=", "!=": "=="}
 _MIRRORED = {">=": "<=", ">": "<", "<=": ">=", "<": ">", "==": "==", "!=": "!="}
-_COMPARE: dict[str, Callable[[float, float], bool]] = {
-    "<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">=": operator.ge, ">": operator.gt,
-}
-_ARITHMETIC: dict[str, Callable[[float, float], float]] = {
-    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
-    "//": operator.floordiv, "**": operator.pow,
-}
+
 
 
 class _Evaluator:
@@ -348,7 +340,7 @@ class _Evaluator:
         if isinstance(left, ir.Statistic) and isinstance(right, ir.Statistic):
             raise UnsupportedStatistic("a comparison of two statistics has no single bound to test")
         if not isinstance(left, ir.Statistic) and not isinstance(right, ir.Statistic):
-            return _COMPARE[op](self.constant(left), self.constant(right))
+            return ir.COMPARISONS[op](self.constant(left), self.constant(right))
         if isinstance(right, ir.Statistic):
             left, right, op = right, left, _MIRRORED[op]
         if op in ("==", "!="):
@@ -361,7 +353,7 @@ class _Evaluator:
         if measured.bounds is None:
             return None
         bound = measured.bounds[0] if side == "lower" else measured.bounds[1]
-        holds = _COMPARE[op](bound, threshold)
+        holds = ir.COMPARISONS[op](bound, threshold)
         if not holds:
             self._failing[name] = None
         return holds
@@ -373,8 +365,8 @@ class _Evaluator:
                 return float(value)
             case ir.Neg(operand=operand):
                 return -self.constant(operand)
-            case ir.Arith(op=op, left=left, right=right) if op in _ARITHMETIC:
-                return _ARITHMETIC[op](self.constant(left), self.constant(right))
+            case ir.Arith(op=op, left=left, right=right) if op in ir.ARITHMETIC:
+                return ir.ARITHMETIC[op](self.constant(left), self.constant(right))
             case ir.Statistic():
                 raise UnsupportedStatistic(
                     "arithmetic on a statistic is not decided by its bound; compare the statistic itself"
