@@ -276,17 +276,24 @@ class ClauseTyper:
                     help="write `a == b within TOL`; `<` and `>` need no tolerance",
                 )
                 return None
-            tolerance = self.expr(node.tolerance, env)
-            if tolerance is None or not self._require_numeric(tolerance, "within", node.tolerance.span):
-                return None
-            if _is_negative(tolerance):
-                self.reporter.error(
-                    "E0421", "a tolerance cannot be negative", node.tolerance.span,
-                    help="`a == b within TOL` holds when |a - b| <= TOL; write TOL as a positive number such as `1e-5`",
-                )
+            tolerance = self._distance(
+                node.tolerance, env, "a tolerance cannot be negative",
+                "`a == b within TOL` holds when |a - b| <= TOL; write TOL as a positive number such as `1e-5`",
+            )
+            if tolerance is None:
                 return None
         result = ir.Compare(tuple(typed), node.ops, tolerance, ir.ValueType(ir.Element.BOOL, *shape), node.span)
         return self._check_probability_bound(result)
+
+    def _distance(self, node: ast.Expr, env: Env, negative: str, help_text: str) -> ir.Expr | None:
+        """A `within` amount (a tolerance or a ball's radius): a number, and not a negative constant."""
+        distance = self.expr(node, env)
+        if distance is None or not self._require_numeric(distance, "within", node.span):
+            return None
+        if _is_negative(distance):
+            self.reporter.error("E0421", negative, node.span, help=help_text)
+            return None
+        return distance
 
     def _compare_pair(self, typed: list[ir.Expr], position: int, op: str, node: ast.Compare) -> tuple | None:
         left, right = typed[position], typed[position + 1]
@@ -563,14 +570,11 @@ class ClauseTyper:
                 help="the norms are `linf`, `l2` and `l1`",
             )
             return None
-        radius = self.expr(node.radius, env)
-        if radius is None or not self._require_numeric(radius, "within", node.radius.span):
-            return None
-        if _is_negative(radius):
-            self.reporter.error(
-                "E0421", "the radius of a ball cannot be negative", node.radius.span,
-                help="write the distance the perturbed input may move, e.g. `0.02`",
-            )
+        radius = self._distance(
+            node.radius, env, "the radius of a ball cannot be negative",
+            "write the distance the perturbed input may move, e.g. `0.02`",
+        )
+        if radius is None:
             return None
         variable = port_value_type(center.type)
         body = self.expr(node.body, env.with_variable(node.var.name, variable))
