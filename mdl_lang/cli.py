@@ -1,4 +1,5 @@
-"""The `mdl` command line: `check`, `fmt`, `test`, `blame`, `replay`.
+"""The `mdl` command line: `check`, `fmt`, `test`, `blame`, `replay`, and the
+commands that other packages add (`verify`, `export`, `decompose`, `demo`).
 
 Exit codes, for every command: 0 everything checked holds; 1 a spec error or
 a failed clause; 2 usage or environment error. No input ends in a traceback.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mdl_lang.diagnostics import Diagnostic, SourceMap, render_all
@@ -20,6 +21,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 SCHEMA = "mdl-report/1"
+
+# What a package's `add_commands` receives: the subparsers of `mdl`. Each subparser sets
+# `handler`, a function of the parsed arguments that returns the exit code.
+CommandPlugin = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 
 class UsageError(Exception):
@@ -81,7 +86,19 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("replay", type=Path, metavar="REPLAY.pt")
     replay.add_argument("--spec", type=Path, help="the spec file (default: the one recorded in the replay)")
     replay.set_defaults(handler=_run_replay)
+
+    for add_commands in _command_plugins():
+        add_commands(commands)
     return parser
+
+
+def _command_plugins() -> list[CommandPlugin]:
+    """Commands owned by other packages, each adding its subparsers; imported here, not at the
+    top, so that `mdl check` does not pay for the verifier or the modular workflows."""
+    from mdl_lang.modular.cli import add_commands as modular_commands
+    from mdl_lang.verify.cli import add_commands as verify_commands
+
+    return [verify_commands, modular_commands]
 
 
 def _existing(paths: list[Path]) -> list[Path]:

@@ -2,7 +2,8 @@
 
 Codes never change meaning once released: `E0xxx` are errors, `W0xxx`
 warnings. The hundreds digit names the phase: 0 syntax, 1 names and imports,
-2 label sets, 3 dims, shapes and types, 4 clauses, 5 compositions.
+2 label sets, 3 dims, shapes and types, 4 clauses, 5 compositions, 6 Z3 spec
+proofs, 7 `mdl verify`, 8 modular workflows.
 """
 
 from __future__ import annotations
@@ -102,6 +103,9 @@ CODES: dict[str, str] = {
     "E0512": "`vote` part without a label-indexed output",
     "E0513": "unknown `vote` option",
     "W0501": "dimension equation left undecided",
+    # Z3 spec proofs (mdl_lang/backends/z3): vacuity, implication, subtyping
+    # mdl verify (mdl_lang/verify)
+    # modular workflows (mdl_lang/modular): decompose, compose, replace, demo
 }
 
 

@@ -1,0 +1,1 @@
+"""Exact verification of piecewise-linear networks (`mdl verify`)."""
