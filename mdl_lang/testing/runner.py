@@ -37,6 +37,7 @@ from mdl_lang.bindings import BindingError, MissingBinding, instantiate, module_
 from mdl_lang.compiler import CheckedSpec
 from mdl_lang.diagnostics import Diagnostic
 from mdl_lang.report import Blame, Result, Role, Verdict, Witness
+from mdl_lang.testing.shrink import shrink_batch
 
 PARTS_FIT = "parts fit"
 
@@ -50,7 +51,10 @@ class TestSettings:
     seed: int = 0
     max_examples: int = 100
     relational_examples: int = 20
-    batch: tuple[int, int] = (1, 8)
+    # Checking a batch is vectorised, so a wide batch tries many samples for little more than one;
+    # relational clauses attack every sample, so theirs stay small.
+    batch: tuple[int, int] = (1, 256)
+    relational_batch: tuple[int, int] = (1, 64)
     replay_dir: Path | None = Path("reports")
     progress: Callable[[str], None] | None = None
 
@@ -214,17 +218,32 @@ class ContractTester:
                 found.result, found.batch = matches[0], batch
                 raise _ClauseFailed
 
-        self._hypothesis(property_, self._strategy(component), self.settings.max_examples)
+        strategy = self._strategy(component, self.settings.batch)
+        self._hypothesis(property_, strategy, self.settings.max_examples, shrink=False)
         if found.result is None:
             return self._result(item, Verdict.PASS, f"held on {self.settings.max_examples} generated batches")
+        samples = found.result.witness.samples if found.result.witness is not None else ()
+        if found.result.backend == "monitor" and samples:
+            names = [port.name for port in inputs]
+            still_fails = _still_fails(monitored, names, failing, _requires_mask(self._boundary(component)))
+            found.batch = shrink_batch(found.batch, tuple(samples), _batched_inputs(component), still_fails)
+        else:
+            # A crash or a failure of the whole batch names no sample: hypothesis shrinks it, one try at a time.
+            found.result = None
+            self._hypothesis(property_, strategy, self.settings.max_examples)
         return self._confirmed(item, found)
 
-    def _strategy(self, component: ir.Component):
-        boundary = Boundary(component.name, component, self.spec.sources)
-        return strategies.inputs(component, batch=self.settings.batch, keep=_requires_mask(boundary))
+    def _boundary(self, component: ir.Component) -> Boundary:
+        return Boundary(component.name, component, self.spec.sources)
+
+    def _strategy(self, component: ir.Component, batch: tuple[int, int]):
+        return strategies.inputs(component, batch=batch, keep=_requires_mask(self._boundary(component)))
 
     def _hypothesis(self, property_, strategy, examples: int, shrink: bool = True) -> None:
-        phases = [phase for phase in Phase if shrink or phase is not Phase.shrink]
+        # `explain` re-runs the shrunk failure many times to annotate which arguments matter; our
+        # report names the samples and sub-expression values itself, so it is cost without use.
+        skipped = {Phase.explain} if shrink else {Phase.explain, Phase.shrink}
+        phases = [phase for phase in Phase if phase not in skipped]
         test = seed(self.settings.seed)(
             settings(
                 max_examples=examples, database=None, deadline=None, derandomize=False,
@@ -276,7 +295,7 @@ class ContractTester:
 
         def property_(batch: dict[str, torch.Tensor]) -> None:
             verdict = relational.check_relational(
-                item.clause, call, batch, component.interface.ports, generator=generator,
+                item.clause, call, batch, component.interface.ports, generator=generator, first_only=True,
             )
             verdicts.append(verdict)
             if verdict.failing:
@@ -291,7 +310,10 @@ class ContractTester:
 
         # The attack already narrows a failure to one sample and one perturbed input; shrinking
         # the batch around it would repeat the attack for nothing.
-        self._hypothesis(property_, self._strategy(component), self.settings.relational_examples, shrink=False)
+        self._hypothesis(
+            property_, self._strategy(component, self.settings.relational_batch), self.settings.relational_examples,
+            shrink=False,
+        )
         if found.result is not None:
             return found.result
         return self._result(item, Verdict.PASS, f"no counterexample in {len(verdicts)} batches "
@@ -435,6 +457,32 @@ def _requires_mask(boundary: Boundary) -> Callable[[dict[str, torch.Tensor]], to
         return mask
 
     return keep
+
+
+def _still_fails(
+    monitored: nn.Module, inputs: list[str], failing: Callable[[Result], bool],
+    keep: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """Per sample of a batch of shrink candidates: it keeps the requires and the same clause still fails on it."""
+
+    def still_fails(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        fails = torch.zeros(_batch_of(batch), dtype=torch.bool)
+        monitored.reports.clear()
+        try:
+            with torch.no_grad():
+                monitored(*(batch[name] for name in inputs))
+        except Exception:  # noqa: BLE001 - a candidate that crashes is not the failure being shrunk
+            return fails
+        for report in monitored.reports:
+            if failing(report) and report.witness is not None:
+                fails[list(report.witness.samples)] = True
+        return fails & keep(batch)
+
+    return still_fails
+
+
+def _batched_inputs(component: ir.Component) -> frozenset[str]:
+    return frozenset(port.name for port in component.interface.inputs if port.type.has_batch)
 
 
 def _batch_of(batch: dict[str, torch.Tensor]) -> int:

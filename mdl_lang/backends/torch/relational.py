@@ -82,6 +82,7 @@ def check_relational(
     steps: int = 30,
     samples: int = 32,
     admissible: Admissible | None = None,
+    first_only: bool = False,
 ) -> RelationalVerdict:
     """Check a clause on a batch of inputs that keep the requires; searches for counterexamples where it quantifies.
 
@@ -91,13 +92,15 @@ def check_relational(
     interface's ports. Each ball gets `samples` random points and `restarts`
     attacks of `steps` steps; `admissible(batch) -> bool[N]` (the input ports,
     the perturbed one replaced) rejects points outside non-linear requires.
+    `first_only` stops each search at the first confirmed counterexample (a test
+    needs one), instead of looking for one in every sample (a report of the batch).
     Raises `UnsupportedClause` when the clause cannot be evaluated here.
     """
     if clause.fragment in (ir.Fragment.STATISTICAL, ir.Fragment.COST):
         raise UnsupportedClause(f"a {clause.fragment.value} clause is not checked on a batch of inputs")
     search = Search(
         tuple(p for p in ports if p.direction == "input"), tuple(p for p in ports if p.direction == "output"),
-        generator, restarts, steps, samples, admissible,
+        generator, restarts, steps, samples, admissible, first_only,
     )
     check_search_positions(clause.expr)
     compiler = RelationalCompiler(search)
@@ -230,6 +233,11 @@ class Search:
     steps: int
     samples: int
     admissible: Admissible | None
+    first_only: bool = False
+
+    def finished(self, found: torch.Tensor) -> bool:
+        """Whether the search may stop: every sample refuted, or any one when one counterexample is enough."""
+        return bool(found.any()) if self.first_only else bool(found.all())
 
     def input(self, name: str) -> ir.Port:
         port = next((port for port in self.inputs if port.name == name), None)
@@ -545,7 +553,7 @@ def _search_ball(problem: BallProblem, ctx: CallContext, search: Search) -> Find
 
     consider(ball.center)
     for round_ in range(search.samples):
-        if found.all():
+        if search.finished(found):
             break
         consider(ball.random_points(round_, search.generator))
     if problem.score is not None:
@@ -571,7 +579,7 @@ def _attack(
     ball = problem.ball
     with torch.enable_grad():
         for restart in range(search.restarts):
-            if found.all():
+            if search.finished(found):
                 return
             points = ball.center.clone() if restart == 0 else ball.random_points(restart, search.generator)
             for _ in range(search.steps):
@@ -587,6 +595,8 @@ def _attack(
                 level = scores.detach()
                 if (moving & (level <= _SUSPICION * (1 + level.abs()))).any():
                     consider(points)
+                    if search.finished(found):
+                        return
                 points = ball.step(points, gradient, ~found)
             consider(points.detach())
 
