@@ -68,10 +68,10 @@ def module_for(component: ir.Module, spec_file: str | Path) -> object:
 
 
 def parts_for(spec: ir.Spec, composition: ir.Composition) -> dict[str, object]:
-    """Every module a composition needs, made through their bindings."""
+    """Every module a composition needs, made through their bindings (each resolved beside the file declaring it)."""
     parts = {}
     for name in composition.parts:
         component = spec.component(name)
         if isinstance(component, ir.Module):
-            parts[name] = module_for(component, spec.file)
+            parts[name] = module_for(component, component.file)
     return parts

@@ -683,6 +683,13 @@ class Composition:
 Component = Module | Composition
 
 
+def import_scope(name: str) -> str:
+    """The import aliases before a dotted component name (`a.voted` -> `a.`; `voted` -> ``): prefixed to
+    the names inside an imported composition, it names them as the importing spec does."""
+    head, dot, _ = name.rpartition(".")
+    return head + dot
+
+
 # ---------------------------------------------------------------- obligations (for the Z3 backend)
 
 

@@ -61,7 +61,7 @@ def _bound(spec, name: str):
     )
     try:
         if isinstance(component, ir.Module):
-            return spec.bind(name, module_for(component, spec.file), mode="record", replay_dir=None)
+            return spec.bind(name, module_for(component, component.file), mode="record", replay_dir=None)
         if isinstance(component, ir.Composition):
             return spec.bind(name, parts=parts_for(spec, component), mode="record", replay_dir=None)
     except BindingError as error:

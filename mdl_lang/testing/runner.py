@@ -133,7 +133,7 @@ class ContractTester:
             for part_name, part in parts.items():
                 self._models[part_name] = part
         else:
-            self._models[name] = module if module is not None else module_for(component, self.spec.file)
+            self._models[name] = module if module is not None else module_for(component, component.file)
 
     def _raw(self, name: str) -> nn.Module:
         if name not in self._models:
@@ -373,7 +373,7 @@ class ContractTester:
         declared = self._declared_data(clause)
         if declared.binding is None:
             raise MissingBinding(f"data set `{declared.name}` has no `python \"...\"` binding to load it from")
-        loaded = instantiate(declared.binding, self.spec.file)
+        loaded = instantiate(declared.binding, declared.file)
         if isinstance(loaded, tuple) and len(loaded) == 2:
             return loaded[0], torch.as_tensor(loaded[1]).long()
         if isinstance(loaded, torch.utils.data.Dataset):

@@ -17,7 +17,7 @@ import torch
 import mdl_lang
 from mdl_lang import ir
 from mdl_lang.backends.torch.composed import vote
-from mdl_lang.bindings import BindingError, module_for, parts_for
+from mdl_lang.bindings import module_for, parts_for
 from mdl_lang.cli import main
 from mdl_lang.compiler import SpecError
 from mdl_lang.modular.artifacts import write_decomposition
@@ -176,11 +176,6 @@ def test_a_replacement_for_another_class_is_refused(models):
     assert error.message == '`b.m0` implements Concern[{"a", other}], but `a.m3` implements Concern[{"three", other}]'
 
 
-SAME_NAME_INTERFACES = ("front end: interfaces of the same name and label arguments from two files count as the "
-                        "same, so a logit module replaces a probability module unchecked")
-
-
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=SAME_NAME_INTERFACES)
 def test_a_replacement_with_another_score_range_is_refused(models):
     root = models[0]
     path = write_spec(root, f"compose base : a.Classifier[a.Label] = vote({DIGIT_PARTS})\n"
@@ -189,22 +184,19 @@ def test_a_replacement_with_another_score_range_is_refused(models):
     assert error.code == "E0509"
 
 
-UNQUALIFIED_PARTS = ("front end: an imported composition's parts are named without the import alias, so "
-                     "`replace(a.voted, a.m3, ...)` finds no part `a.m3` (E0508)")
-
-
-@pytest.mark.xfail(strict=True, raises=SpecError, reason=UNQUALIFIED_PARTS)
 def test_replace_reaches_into_an_imported_composition(models):
     root = models[0]
+    _, _, (digit_inputs, _), _ = models
     spec = mdl_lang.load(write_spec(root, "compose swapped : a.Classifier[a.Label] = replace(a.voted, a.m3, c.m3)\n"))
-    assert "c.m3" in spec.compositions["swapped"].parts
+    assert "c.m3" in spec.compositions["swapped"].parts and "a.m3" not in spec.compositions["swapped"].parts
+    swapped = spec.bind("swapped", parts=parts_for(spec, spec.compositions["swapped"]), mode="record",
+                        replay_dir=None)
+    with torch.no_grad():
+        scores = swapped(digit_inputs)
+    assert scores.shape == (len(digit_inputs), len(DIGITS))
+    assert "a__m3" not in swapped.parts and "c__m3" in swapped.parts
 
 
-TOP_FOLDER_BINDINGS = ("bindings.parts_for resolves every part from the top spec's folder, not from the file that "
-                       "declares it, so imported modules' factories are not found")
-
-
-@pytest.mark.xfail(strict=True, raises=BindingError, reason=TOP_FOLDER_BINDINGS)
 def test_parts_for_binds_modules_of_imported_specs(models, monkeypatch):
     root = models[0]
     for name in ("digits_a_modules", "letters_b_modules"):  # as in a fresh process: not imported yet

@@ -101,16 +101,22 @@ class ComposedModel(Switchable, nn.Module):
 
     # ------------------------------------------------------------ building
 
-    def _plan(self, node: ir.CompNode, spec: ir.Spec, parts: dict[str, nn.Module], replaced: dict[str, str]):
+    def _plan(
+        self, node: ir.CompNode, spec: ir.Spec, parts: dict[str, nn.Module], replaced: dict[str, str],
+        scope: str = "",
+    ):
+        """The steps of `node`; `scope` is the import alias (`a.`) that names, in the top spec, what an
+        imported composition's own expression names without it."""
         if isinstance(node, ir.PartRef):
-            return self._reference(replaced.get(node.name, node.name), spec, parts, replaced)
+            name = scope + node.name
+            return self._reference(replaced.get(name, name), spec, parts, replaced)
         if isinstance(node, ir.Pipeline):
-            return PipelineStep(tuple(self._plan(stage, spec, parts, replaced) for stage in node.stages))
+            return PipelineStep(tuple(self._plan(stage, spec, parts, replaced, scope) for stage in node.stages))
         if isinstance(node, ir.VoteNode):
-            steps = tuple(self._plan(part, spec, parts, replaced) for part in node.parts)
+            steps = tuple(self._plan(part, spec, parts, replaced, scope) for part in node.parts)
             labels = tuple(_output_labels(self._component(step, spec)) for step in steps)
             return VoteStep(steps, labels, node.labels, node.overlap_max)
-        return self._plan(node.base, spec, parts, {**replaced, node.old: node.new})
+        return self._plan(node.base, spec, parts, {**replaced, scope + node.old: scope + node.new}, scope)
 
     def _reference(self, name: str, spec: ir.Spec, parts: dict[str, nn.Module], replaced: dict[str, str]):
         component = spec.component(name)
@@ -118,7 +124,7 @@ class ComposedModel(Switchable, nn.Module):
             raise CompositionError(f"no module or composition `{name}` in the spec")
         self._boundaries.setdefault(name, Boundary(name, component, self.sources))
         if isinstance(component, ir.Composition):
-            return NestedStep(name, self._plan(component.expr, spec, parts, replaced))
+            return NestedStep(name, self._plan(component.expr, spec, parts, replaced, ir.import_scope(name)))
         if name not in parts:
             raise CompositionError(
                 f"`{self.contract_name}` needs the module `{name}`: pass it in parts={{'{name}': ...}}"
