@@ -25,6 +25,7 @@ from torch import nn
 
 from mdl_lang.modular.concern import ConcernView
 from mdl_lang.modular.decompose import Decomposition, ModuleStats, format_table, jaccard_table
+from mdl_lang.modular.decompose_cnn import layer_entry, layer_from_entry
 
 SCHEMA = "mdl-decomposition/1"
 MANIFEST = "manifest.json"
@@ -58,7 +59,7 @@ def write_decomposition(
     classes = _class_count(decomposition)
     if label_names is not None and len(label_names) != classes:
         raise ArtifactError(f"{len(label_names)} label names given for a model of {classes} classes")
-    rows = jaccard_table(decomposition.model, decomposition)
+    rows = module_sizes(decomposition)
     # The spec first: a bad `input_type` is refused before any file is written.
     spec = spec_text(decomposition, rows, spec_name, input_type, label_names)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,9 +85,21 @@ def write_decomposition(
     return spec_path
 
 
+def module_sizes(decomposition: Decomposition) -> list[ModuleStats]:
+    """The size and overlap table of a dense or a CNN decomposition."""
+    from mdl_lang.modular.decompose_cnn import is_cnn, size_table
+
+    if is_cnn(decomposition.model):
+        return size_table(decomposition)
+    return jaccard_table(decomposition.model, decomposition)
+
+
 def _class_count(decomposition: Decomposition) -> int:
     from mdl_lang.modular.decompose import dense_network
+    from mdl_lang.modular.decompose_cnn import class_count, is_cnn
 
+    if is_cnn(decomposition.model):
+        return class_count(decomposition.model)
     return dense_network(decomposition.model).classes
 
 
@@ -104,6 +117,8 @@ def _layer_list(module: nn.Sequential) -> list[dict[str, object]]:
             layers.append({"kind": "softmax"})
         elif isinstance(layer, ConcernView) and isinstance(layer.module, nn.Identity):
             layers.append({"kind": "best_rival", "label": layer.label})
+        elif (convolutional := layer_entry(layer)) is not None:
+            layers.append(convolutional)
         else:
             raise ArtifactError(f"a module layer of kind {type(layer).__name__} cannot be written")
     return layers
@@ -145,6 +160,12 @@ def _layer(entry: object, manifest_path: Path) -> nn.Module:
         return nn.Linear(entry["in"], entry["out"])
     if kind == "best_rival" and isinstance(entry.get("label"), int):
         return ConcernView(nn.Identity(), entry["label"])
+    try:
+        convolutional = layer_from_entry(entry) if isinstance(entry, dict) else None
+    except (KeyError, TypeError, ValueError) as error:
+        raise ArtifactError(f"{manifest_path}: a malformed layer entry {entry!r:.200}: {error}") from error
+    if convolutional is not None:
+        return convolutional
     raise ArtifactError(f"{manifest_path}: a layer entry it cannot rebuild: {entry!r:.200}")
 
 

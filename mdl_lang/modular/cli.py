@@ -1,7 +1,7 @@
 """`mdl decompose` and `mdl demo`.
 
-`mdl decompose MODEL --data DATA --out DIR` reads a dense classifier and a
-labelled data set, writes one module per class (mdl_lang.modular.artifacts),
+`mdl decompose MODEL --data DATA --out DIR` reads a dense classifier or a small
+CNN (mdl_lang.modular.decompose_cnn) and a labelled data set, writes one module per class (mdl_lang.modular.artifacts),
 prints the size table, and reports progress on stderr. MODEL is one of:
 
 - a Keras 2 HDF5 file (`.h5`), read by mdl_lang.interop.keras_h5;
@@ -9,7 +9,8 @@ prints the size table, and reports progress on stderr. MODEL is one of:
   (`.pt`, loaded with `torch.load(weights_only=True)`): the Linear layers come
   from the keys and shapes, a Flatten goes first when the data has more than
   one feature axis, and `--softmax` says the model ends in Softmax;
-- `pkg.mod:factory`, a zero-argument factory returning the `nn.Sequential`
+- `pkg.mod:factory`, a zero-argument factory returning the `nn.Sequential` (the one
+  way to give a CNN)
   (imported with the current directory on the path); `--weights W.pt` loads a
   state dict into it.
 
@@ -42,7 +43,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def add_decompose_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     decompose = commands.add_parser(
-        "decompose", help="split a dense classifier into one module per class (ESEC/FSE 2020, CM-RIE)",
+        "decompose", help="split a classifier into one module per class (dense: ESEC/FSE 2020; CNN: ICSE 2022)",
     )
     decompose.add_argument("model", metavar="MODEL", help="a Keras .h5 file, a state-dict .pt file, or pkg.mod:factory")
     decompose.add_argument("--data", type=Path, required=True, metavar="DATA",
@@ -65,8 +66,9 @@ def add_decompose_command(commands: argparse._SubParsersAction[argparse.Argument
 
 def _run_decompose(args: argparse.Namespace) -> int:
     from mdl_lang.cli import EXIT_OK, UsageError
-    from mdl_lang.modular.artifacts import ArtifactError, write_decomposition
-    from mdl_lang.modular.decompose import DecomposeError, decompose, format_table, jaccard_table
+    from mdl_lang.modular.artifacts import ArtifactError, module_sizes, write_decomposition
+    from mdl_lang.modular.decompose import DecomposeError, decompose, format_table
+    from mdl_lang.modular.decompose_cnn import decompose_cnn, is_cnn
 
     def progress(message: str) -> None:
         print(f"mdl decompose: {message}", file=sys.stderr)
@@ -77,17 +79,22 @@ def _run_decompose(args: argparse.Namespace) -> int:
     spec_name = args.spec_name or _spec_name(args.model)
     started = time.perf_counter()
     try:
-        decomposition = decompose(
-            model, inputs, labels, classes=args.classes, progress=progress, min_support=args.min_support,
-            channel=args.channel,
-        )
+        if is_cnn(model):
+            decomposition = decompose_cnn(
+                model, inputs, labels, classes=args.classes, progress=progress, min_support=args.min_support,
+            )
+        else:
+            decomposition = decompose(
+                model, inputs, labels, classes=args.classes, progress=progress, min_support=args.min_support,
+                channel=args.channel,
+            )
         spec_path = write_decomposition(
             decomposition, args.out, spec_name=spec_name, input_type=args.input_type, label_names=label_names,
         )
     except (DecomposeError, ArtifactError) as error:
         raise UsageError(f"{args.model}: {error}") from error
     progress(f"decomposed in {time.perf_counter() - started:.1f} s")
-    print(format_table(jaccard_table(model, decomposition)))
+    print(format_table(module_sizes(decomposition)))
     print(f"wrote {spec_path} and its {len(decomposition.modules)} modules")
     return EXIT_OK
 

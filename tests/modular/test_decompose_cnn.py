@@ -346,3 +346,39 @@ def test_nested_avgpool_dropout_and_logits():
     print(f"logits model, no hidden dense layer: model {model_accuracy:.4f}, voted modules {voted_accuracy:.4f}")
     assert model_accuracy >= 0.9
     assert abs(voted_accuracy - model_accuracy) <= 0.03
+
+
+FACTORY = '''
+from torch import nn
+
+
+def small_cnn():
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, 10), nn.Softmax(dim=1),
+    )
+'''
+
+
+def test_cli_decomposes_a_cnn_from_its_factory_and_writes_loadable_modules(setup, tmp_path, monkeypatch, capsys):
+    from mdl_lang.cli import main
+    from mdl_lang.modular.artifacts import load_module
+
+    (tmp_path / "cnn_factory_for_cli.py").write_text(FACTORY)
+    torch.save(setup.model.state_dict(), tmp_path / "weights.pt")
+    torch.save({"inputs": setup.held_out_inputs, "labels": setup.held_out_labels}, tmp_path / "data.pt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["decompose", "cnn_factory_for_cli:small_cnn", "--weights", "weights.pt", "--data", "data.pt",
+                 "--out", "out", "--spec-name", "digits_cnn", "--input-type", "Tensor[B, 1, 8, 8] float32 in [0, 1]"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "jaccard" in out.lower()
+    assert main(["check", "out/digits_cnn.mdl"]) == 0, capsys.readouterr().out
+    module = load_module(tmp_path / "out" / "m3.pt")
+    assert len(position_masks(module)) == 2
+    with torch.no_grad():
+        scores = module(setup.held_out_inputs[:16])
+    assert scores.shape == (16, 2)
+    assert torch.allclose(scores.sum(dim=1), torch.ones(16), atol=1e-5)
