@@ -6,7 +6,7 @@ so `a >> a` binds `S` twice; the batch dim is shared by the whole composition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mdl_lang import ir
 from mdl_lang.diagnostics import Note
@@ -88,7 +88,8 @@ class _Builder:
         signature = self.expression(self.decl.expr)
         if interface is None or signature is None:
             return None
-        if not self._implements(signature, interface):
+        signature = self._implements(signature, interface)
+        if signature is None:
             return None
         env = Env(self.symbol.scope, {}, {port.name: port for port in interface.ports})
         taken = {clause.name: clause.span for clause in interface.clauses}
@@ -322,12 +323,13 @@ class _Builder:
 
     # ------------------------------------------------------------ the declared interface
 
-    def _implements(self, signature: Signature, interface: ir.Interface) -> bool:
+    def _implements(self, signature: Signature, interface: ir.Interface) -> Signature | None:
+        """The signature as the interface sees it (a vote's columns in its label order), or None if it does not fit."""
         span = self.decl.expr.span
         if isinstance(signature.node, ir.VoteNode):
             covered = self._covers(signature, interface, span)
             if covered is None:
-                return False
+                return None
             signature = covered
         for kind, mine, declared in (
             ("input", signature.inputs, interface.inputs), ("output", signature.outputs, interface.outputs),
@@ -337,16 +339,16 @@ class _Builder:
                     "E0510", f"`{signature.name}` has {len(mine)} {kind}(s), {interface.name} declares "
                     f"{len(declared)}", span,
                 )
-                return False
+                return None
             for port, wanted in zip(mine, declared, strict=True):
                 message = f"{kind} `{wanted.name}` of {interface.name} is {_shown(wanted.type)}, " \
                           f"but `{signature.name}` has {_shown(port.type)}"
                 if not self._unify(port.type.dims, wanted.type.dims, span, "E0510", message):
-                    return False
+                    return None
                 if not _dtypes_agree(port.type.dtype, wanted.type.dtype):
                     self.reporter.error("E0510", message, span)
-                    return False
-        return True
+                    return None
+        return signature
 
     def _covers(self, signature: Signature, interface: ir.Interface, span: Span) -> Signature | None:
         """The vote's signature with its scores in the interface's label order, if it covers them."""
@@ -374,7 +376,10 @@ class _Builder:
         dims = (*port.type.dims[:-1], last)
         tensor = ir.TensorType(dims, port.type.dtype, port.type.value_range, port.type.finite, port.type.span)
         outputs = (ir.Port(port.name, port.direction, tensor, port.span),)
-        return Signature(signature.node, signature.inputs, outputs, signature.parts, signature.name)
+        # The vote's columns follow the interface, not the order its parts name their labels in:
+        # `vote(even, odd) : Classifier[Digit]` scores 0, 1, 2, ... as `Digit` does, not 0, 2, 4, ..., 1, 3.
+        node = signature.node if last.labels.has_other else replace(signature.node, labels=last.labels)
+        return Signature(node, signature.inputs, outputs, signature.parts, signature.name)
 
 
 def _shown(tensor: ir.TensorType) -> str:

@@ -1,0 +1,105 @@
+"""`mdl demo`: the shortened run end to end, the specs it leaves behind, the KMNIST-1 step and usage errors.
+
+The KMNIST-1 step reads ../shared/data/fse20-kmnist1 (or MDL_KMNIST_DIR) and fails loudly if it is missing;
+the end-to-end run points `--kmnist` at an empty folder, which the demo must skip and still succeed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from examples.kmnist import fixtures
+from mdl_lang.cli import main
+from mdl_lang.modular.demo import PAPER_KMNIST, compose_kmnist
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    status: int
+    output: str
+    out: Path
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    out = tmp_path_factory.mktemp("demo")
+    missing = tmp_path_factory.mktemp("no-kmnist")
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        status = main(["demo", "--quick", "--out", str(out), "--kmnist", str(missing)])
+    return DemoRun(status, output.getvalue(), out)
+
+
+def test_the_quick_demo_succeeds_with_every_check_held(demo_run: DemoRun):
+    assert demo_run.status == 0, demo_run.output
+    assert "FAILED" not in demo_run.output
+    assert re.search(r"all \d+ checks held", demo_run.output)
+    assert float(re.search(r"demo finished in ([\d.]+)s", demo_run.output).group(1)) < 120
+    for step in range(1, 7):
+        assert f"\n== {step}. " in demo_run.output
+
+
+def test_the_demo_checks_its_spec_and_composes_as_well_as_the_model(demo_run: DemoRun):
+    assert demo_run.output.count("checked: no problems") == 3
+    model, composed = re.search(r"model (\d+\.\d+)%, composed (\d+\.\d+)%", demo_run.output).groups()
+    assert abs(float(model) - float(composed)) < 1.0
+
+
+def test_the_blame_report_names_the_under_represented_class(demo_run: DemoRun):
+    assert "contract violation: at 95% confidence the bound of recall(y, 5) does not clear its threshold" in (
+        demo_run.output
+    )
+    assert "blame: m5 (module)" in demo_run.output
+    assert "path: voted > m5" in demo_run.output
+    assert "blame: m" not in demo_run.output.replace("blame: m5 (module)", "")
+
+
+def test_the_repair_restores_recall_and_reports_the_training_avoided(demo_run: DemoRun):
+    rows = dict(re.findall(r"\| (voted \(faulty modules\)|repaired \(m5 replaced\)) +\| [\d.]+% +\| ([\d.]+)% ",
+                           demo_run.output))
+    assert float(rows["repaired (m5 replaced)"]) > float(rows["voted (faulty modules)"]) + 10
+    retrain = re.search(r"retrain the whole model: +([\d.]+ \w?FLOP)", demo_run.output).group(1)
+    repair = re.search(r"decompose \+ replace: +([\d.]+ \w?FLOP)", demo_run.output).group(1)
+    assert retrain.endswith("GFLOP") and repair.endswith("MFLOP")
+    assert "training cost avoided" in demo_run.output
+
+
+def test_missing_kmnist_fixtures_are_skipped_by_name(demo_run: DemoRun):
+    assert re.search(r"KMNIST-1 fixtures not found at .*no-kmnist.*: skipped", demo_run.output)
+
+
+def test_the_specs_left_behind_check_format_and_test_on_their_own(demo_run: DemoRun, tmp_path: Path, capsys):
+    specs = sorted(demo_run.out.glob("*_vote.mdl"))
+    assert [spec.name for spec in specs] == ["digits_vote.mdl", "faulty_vote.mdl", "repaired_vote.mdl"]
+    assert main(["check", str(demo_run.out)]) == 0
+    assert main(["fmt", "--check", *map(str, specs)]) == 0
+    capsys.readouterr()
+    # Through the written factories (the spec's `python` bindings), not through parts given in Python.
+    status = main(["test", str(demo_run.out / "faulty_vote.mdl"), "--module", "voted", "--max-examples", "5",
+                   "--replay-dir", str(tmp_path)])
+    output = capsys.readouterr().out
+    assert status == 1, output
+    assert "blame: m5 (module)" in output
+
+
+def test_kmnist_composes_to_the_papers_figures(tmp_path: Path):
+    try:
+        folder = fixtures.fixture_folder()
+    except FileNotFoundError as error:
+        pytest.fail(f"the KMNIST-1 fixtures (shared/data/fse20-kmnist1) are required by this test: {error}")
+    outcome = compose_kmnist(folder, tmp_path)
+    assert outcome.samples == 10_000
+    assert (round(outcome.model_accuracy, 4), round(outcome.composed_accuracy, 4)) == PAPER_KMNIST
+    assert main(["check", str(tmp_path / "kmnist_vote.mdl")]) == 0
+
+
+@pytest.mark.parametrize("arguments", [["--fault-class", "12"], ["--out", __file__]])
+def test_bad_options_are_usage_errors(arguments: list[str], capsys):
+    assert main(["demo", *arguments]) == 2
+    assert "mdl: error:" in capsys.readouterr().err
