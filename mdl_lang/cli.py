@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--format", choices=("text", "json"), default="text", help="output for people or machines")
     check.add_argument("--strict", action="store_true", help="treat warnings and unknown verdicts as failures")
     check.add_argument("--root", type=Path, help="the spec root imports must stay in (default: the inputs' folder)")
+    check.add_argument("--z3-timeout", type=_positive_ms, default=None, metavar="MS",
+                       help="time limit of each Z3 spec proof in milliseconds (default 2000); a timeout is unknown")
     check.set_defaults(handler=_run_check)
 
     fmt = commands.add_parser("fmt", help="rewrite specs in the canonical layout")
@@ -118,7 +120,8 @@ def _run_check(args: argparse.Namespace) -> int:
     files = _existing(args.paths)
     if args.root is not None and not args.root.is_dir():
         raise UsageError(f"--root {args.root} is not a directory")
-    result = check_paths(args.paths, args.root)
+    result = check_paths(args.paths, args.root, z3_timeout_ms=args.z3_timeout)
+    # An `unknown` Z3 verdict is a W0601 warning: it fails the run only under --strict.
     failed = result.has_errors or (args.strict and bool(result.diagnostics))
     if args.format == "json":
         print(json.dumps(check_report(result, files), indent=2))
@@ -127,8 +130,19 @@ def _run_check(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _positive_ms(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--z3-timeout takes a positive number of milliseconds, not `{text}`")
+    return value
+
+
 def check_report(result: CheckResult, files: list[Path]) -> dict[str, object]:
-    """The mdl-report/1 object of `mdl check`: one static result per file checked."""
+    """The mdl-report/1 object of `mdl check`: one static result per file checked, then the Z3 proofs
+    (backend `z3`, one per clause proved, refuted or undecided)."""
     shown = [display_path(path.resolve()) for path in files]
     failing = {d.span.file for d in result.diagnostics if d.is_error}
     undecided = {d.span.file for d in result.diagnostics if d.code == "W0501"}
@@ -140,8 +154,9 @@ def check_report(result: CheckResult, files: list[Path]) -> dict[str, object]:
         }
         for file in shown
     ]
-    summary = {verdict: sum(r["verdict"] == verdict for r in results) for verdict in ("pass", "fail", "unknown")}
-    summary["skip"] = 0
+    results += [proof.to_json() for proof in result.results]
+    verdicts = ("pass", "fail", "unknown", "skip")
+    summary = {verdict: sum(r["verdict"] == verdict for r in results) for verdict in verdicts}
     return {
         "schema": SCHEMA,
         "command": "check",

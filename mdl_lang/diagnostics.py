@@ -104,6 +104,12 @@ CODES: dict[str, str] = {
     "E0513": "unknown `vote` option",
     "W0501": "dimension equation left undecided",
     # Z3 spec proofs (mdl_lang/backends/z3): vacuity, implication, subtyping
+    "E0601": "`requires` that no input satisfies",
+    "E0602": "`>>` parts do not fit: `ensures` do not imply the next `requires`",
+    "E0603": "module strengthens its interface's `requires`",
+    "E0604": "`replace` by a module that is not a behavioural subtype",
+    "E0605": "dimension equations with no solution",
+    "W0601": "spec proof undecided",
     # mdl verify (mdl_lang/verify)
     # modular workflows (mdl_lang/modular): decompose, compose, replace, demo
 }

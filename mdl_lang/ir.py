@@ -698,13 +698,20 @@ class Implication:
     """A claim the checker could not settle by itself: `premise` implies `conclusion`.
 
     `kind` is `pipe` (a's ensures imply b's requires), `subtype-requires`,
-    `subtype-ensures` (behavioural subtyping) or `replace`.
+    `subtype-ensures` (behavioural subtyping), `replace`, or `dims` (an equation to solve).
     """
 
     kind: str
     premise: str
     conclusion: str
     span: Span = _span()
+    # The parts themselves, as the spec names them, for backends that prove the claim (the Z3 backend):
+    # `a` and `b` of `a >> b`, or `new` and `old` of `replace(c, old, new)`; `composition` declares it.
+    premise_node: CompNode | None = field(default=None, compare=False)
+    conclusion_node: CompNode | None = field(default=None, compare=False)
+    composition: str = ""
+    # For `dims`: an equation between dims the front end could not solve (non-linear, or several unknowns).
+    equation: tuple[Dim, Dim] | None = None
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,12 @@ def reserved_words() -> frozenset[str]:
 
 @dataclass
 class CheckResult:
-    """Everything one run of the checker found."""
+    """Everything one run of the checker found; `results` are the Z3 spec proofs (mdl_lang.report.Result)."""
 
     specs: dict[str, ir.Spec] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     sources: SourceMap = field(default_factory=SourceMap)
+    results: list = field(default_factory=list)
 
     @property
     def has_errors(self) -> bool:
@@ -303,13 +304,42 @@ def _member_names(decl: ast.Decl):
             yield member.name
 
 
-def check_paths(paths: list[Path], root: Path | None = None) -> CheckResult:
-    """Check files (directories are searched for `*.mdl`) under one spec root."""
+def check_paths(paths: list[Path], root: Path | None = None, *, prove: bool = True,
+                z3_timeout_ms: int | None = None) -> CheckResult:
+    """Check files (directories are searched for `*.mdl`) under one spec root.
+
+    With `prove`, the Z3 spec proofs (vacuity, `>>`, subtyping, `replace`) run last, on what the
+    front end built; `z3_timeout_ms` bounds each solver call (a timeout is `unknown`, never a proof).
+    """
     files = expand_paths(paths)
     checker = Checker(root or default_root(paths))
     for path in files:
         checker.check(path)
-    return checker.result()
+    result = checker.result()
+    if prove:
+        _prove(result, z3_timeout_ms)
+    return result
+
+
+def _prove(result: CheckResult, timeout_ms: int | None) -> None:
+    """Add the Z3 backend's diagnostics and results; z3 is imported only when a spec has something to prove.
+
+    A file with a front-end error is not proved: its IR may be partial, and its errors come first."""
+    failing = {diagnostic.span.file for diagnostic in result.diagnostics if diagnostic.is_error}
+    specs = [spec for spec in result.specs.values() if spec.file not in failing]
+    if not any(spec.obligations or any(_has_requires(c) for c in spec.components().values()) for spec in specs):
+        return
+    from mdl_lang.backends.z3 import Settings, check_specs
+
+    settings = Settings() if timeout_ms is None else Settings(timeout_ms=timeout_ms)
+    proofs = check_specs(specs, result.sources, settings)
+    result.diagnostics = sorted(result.diagnostics + proofs.diagnostics, key=sort_key)
+    result.results = proofs.results
+
+
+def _has_requires(component: ir.Component) -> bool:
+    return any(clause.kind == "requires" and clause.fragment is ir.Fragment.PER_SAMPLE
+               for clause in component.all_clauses)
 
 
 def expand_paths(paths: list[Path]) -> list[Path]:

@@ -161,7 +161,10 @@ class _Builder:
         if not ok:
             return None
         self.owner.obligations.append(
-            ir.Implication("pipe", f"{left.name} ensures", f"{right.name} requires", node.span)
+            ir.Implication(
+                "pipe", f"{left.name} ensures", f"{right.name} requires", node.span, left.node, right.node,
+                self.symbol.name,
+            )
         )
         stages = _stages(left.node) + _stages(right.node)
         return Signature(
@@ -190,6 +193,10 @@ class _Builder:
                     "W0501", f"cannot decide whether dims agree: {problem.message}", span,
                     help="the Z3 backend of `mdl check` settles such equations; until then they are not checked",
                 )
+                self.owner.obligations.append(ir.Implication(
+                    "dims", plain(f"{problem.equation[0]} == {problem.equation[1]}"), "a solution", span,
+                    composition=self.symbol.name, equation=problem.equation,
+                ))
             elif problem.kind == "no-solution":
                 self.reporter.error("E0511", problem.message, span, notes=(Note(message),))
                 ok = False
@@ -313,7 +320,11 @@ class _Builder:
             )
             return None
         self.owner.obligations.append(
-            ir.Implication("replace", f"{node.new.dotted} contract", f"{node.old.dotted} contract", node.span)
+            ir.Implication(
+                "replace", f"{node.new.dotted} contract", f"{node.old.dotted} contract", node.span,
+                ir.PartRef(node.new.dotted, node.new.span), ir.PartRef(node.old.dotted, node.old.span),
+                self.symbol.name,
+            )
         )
         return Signature(
             ir.ReplaceNode(base.node, node.old.dotted, node.new.dotted, node.span), base.inputs, base.outputs,

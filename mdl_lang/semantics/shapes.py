@@ -149,6 +149,7 @@ class DimProblem:
 
     kind: str
     message: str
+    equation: tuple[ir.Dim, ir.Dim] | None = None  # for `undecided`: the equation left to Z3
 
 
 @dataclass
@@ -203,7 +204,7 @@ class DimSolver:
         left, right = linear(a), linear(b)
         equation = plain(f"`{a} == {b}`")
         if left is None or right is None:
-            return DimProblem("undecided", f"{equation} is not linear")
+            return DimProblem("undecided", f"{equation} is not linear", (a, b))
         terms = dict(left.terms)
         for name, coefficient in right.terms.items():
             terms[name] = terms.get(name, 0) - coefficient
@@ -212,7 +213,7 @@ class DimSolver:
         if not terms:
             return None if constant == 0 else DimProblem("mismatch", f"{equation} never holds")
         if len(terms) > 1:
-            return DimProblem("undecided", f"{equation} has several unknowns")
+            return DimProblem("undecided", f"{equation} has several unknowns", (a, b))
         (name, coefficient), = terms.items()
         if constant % coefficient != 0 or constant // coefficient <= 0:
             return DimProblem(
