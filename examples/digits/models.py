@@ -75,6 +75,11 @@ def load_odd_net() -> nn.Module:
     return LabelSubsetView(load_cnn(), ODD)
 
 
+def load_parity_net() -> nn.Module:
+    """The CNN's probabilities summed over the even and over the odd digits: (p_even, p_odd)."""
+    return ParityView(load_cnn())
+
+
 def load_mlp_logits() -> nn.Sequential:
     """Feature vectors (N, 64) to ten logits: Linear(64, 32) -> ReLU -> Linear(32, 10), 2,410 parameters."""
     recipe = Recipe("flat-mlp32", epochs=300, learning_rate=0.01, batch_size=None, seed=0, flat=True)
@@ -109,6 +114,20 @@ class LabelSubsetView(nn.Module):
 
     def extra_repr(self) -> str:
         return f"labels={self.labels}"
+
+
+class ParityView(nn.Module):
+    """A digit classifier's probabilities as those of `{"even", "odd"}`: each the sum over its five digits."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.module(x)
+        halves = torch.stack((scores[:, list(EVEN)].sum(dim=1), scores[:, list(ODD)].sum(dim=1)), dim=1)
+        # A float32 sum of five probabilities can round to just above 1; the type promises [0, 1].
+        return halves.clamp(0, 1)
 
 
 def _cnn() -> nn.Sequential:

@@ -3,13 +3,13 @@
     .venv/bin/python -m examples.digits.tables          # about half a minute on one core
 
 Every figure is measured here, on the fixed test split of `mdl_lang.modular.digits`
-(899 images), from models trained with fixed seeds:
+(899 images), from models trained with fixed seeds, with the modules as `decompose`
+gives them (the model's ten outputs over the kept units, `{k} | other` by the best
+rival, the form of the paper's published modules):
 
 - Table 1 (Pan & Rajan, ESEC/FSE 2020, Table 1 in form): MLPs with 1 to 4 hidden
-  layers of 64 units, the model's accuracy against the vote of its ten modules, for
-  the modules as `decompose` returns them (channelled: k against the mean of the
-  rivals) and in the artifact's form (`concern_modules`: all ten outputs, `{k} | other`
-  by argmax).
+  layers of 64 units, the model's accuracy against the vote of its ten modules, and
+  the modules' size against the model's (`artifacts.module_sizes`).
 - Reuse: two-class compositions across two models, module a from model A and module
   b from model B (another seed and another depth), voted together on the test images
   of a and b, against each model on the same images.
@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from mdl_lang.modular import digits
-from mdl_lang.modular.repair import composed_accuracy, concern_modules, percent, render_table
+from mdl_lang.modular.decompose import Decomposition, ModuleStats
+from mdl_lang.modular.repair import composed_accuracy, percent, render_table
 
 DEPTHS = (1, 2, 3, 4)
 WIDTH = 64
@@ -37,42 +38,41 @@ SEEDS = (0, 1, 2)
 
 @dataclass(frozen=True)
 class Decomposed:
-    """A trained model and its modules both ways, by class index."""
+    """A trained model, its modules by class index, and their size table."""
 
     model: nn.Sequential
-    channelled: dict[int, nn.Module]
-    concerns: dict[int, nn.Module]
+    modules: dict[int, nn.Module]
+    sizes: tuple[ModuleStats, ...]
 
 
 def decomposed(depth: int, seed: int) -> Decomposed:
     """An MLP of `depth` hidden layers trained on the digits (full-batch Adam) and decomposed."""
+    from mdl_lang.modular.artifacts import module_sizes
     from mdl_lang.modular.decompose import decompose
 
     split = digits.digits_split()
     model = digits.mlp((WIDTH,) * depth, seed)
     digits.train(model, split.train_inputs, split.train_labels, seed=seed)
-    decomposition = decompose(model, split.train_inputs, split.train_labels)
-    return Decomposed(model, dict(decomposition.modules), dict(concern_modules(decomposition)))
+    decomposition: Decomposition = decompose(model, split.train_inputs, split.train_labels)
+    return Decomposed(model, dict(decomposition.modules), tuple(module_sizes(decomposition)))
 
 
-def table_1(models: dict[tuple[int, int], Decomposed]) -> tuple[str, float, float]:
-    """Model against composed accuracy per depth (mean over seeds); the mean loss of both module forms."""
+def table_1(models: dict[tuple[int, int], Decomposed]) -> tuple[str, float]:
+    """Model against composed accuracy per depth (mean over seeds), with module sizes; the mean loss."""
     split = digits.digits_split()
-    rows, channelled_losses, concern_losses = [], [], []
+    rows, losses = [], []
     for depth in DEPTHS:
         runs = [models[depth, seed] for seed in SEEDS]
         model = _mean(digits.accuracy(run.model, split.test_inputs, split.test_labels) for run in runs)
-        channelled = _mean(composed_accuracy(run.channelled, split.test_inputs, split.test_labels) for run in runs)
-        concern = _mean(composed_accuracy(run.concerns, split.test_inputs, split.test_labels) for run in runs)
-        channelled_losses.append(model - channelled)
-        concern_losses.append(model - concern)
-        params = sum(parameter.numel() for parameter in runs[0].model.parameters())
+        composed = _mean(composed_accuracy(run.modules, split.test_inputs, split.test_labels) for run in runs)
+        losses.append(model - composed)
+        sizes = [row for run in runs for row in run.sizes]
         rows.append([
-            f"{depth} x {WIDTH}", f"{params:,}", percent(model), percent(channelled), _points(model - channelled),
-            percent(concern), _points(model - concern),
+            f"{depth} x {WIDTH}", f"{sizes[0].model_params:,}", f"{_mean(row.params for row in sizes):,.0f}",
+            f"{_mean(row.jaccard for row in sizes):.3f}", percent(model), percent(composed), _points(model - composed),
         ])
-    headers = ["hidden layers", "params", "model", "composed (channelled)", "loss", "composed (artifact form)", "loss"]
-    return render_table(headers, rows), _mean(channelled_losses), _mean(concern_losses)
+    headers = ["hidden layers", "model params", "module params (mean)", "Jaccard (mean)", "model", "composed", "loss"]
+    return render_table(headers, rows), _mean(losses)
 
 
 def reuse_table(a_models: Decomposed, b_models: Decomposed, shown: int = 6) -> str:
@@ -85,37 +85,28 @@ def reuse_table(a_models: Decomposed, b_models: Decomposed, shown: int = 6) -> s
         figures = (
             digits.accuracy(a_models.model, inputs, labels),
             digits.accuracy(b_models.model, inputs, labels),
-            composed_accuracy({first: a_models.channelled[first], second: b_models.channelled[second]}, inputs, labels),
-            composed_accuracy({first: a_models.concerns[first], second: b_models.concerns[second]}, inputs, labels),
+            composed_accuracy({first: a_models.modules[first], second: b_models.modules[second]}, inputs, labels),
         )
         totals.append(figures)
         if len(rows) < shown:
             rows.append([f"{first} (A) + {second} (B)", str(len(labels)), *map(percent, figures)])
     means = [_mean(column) for column in zip(*totals, strict=True)]
     rows.append([f"mean of all {len(totals)} pairs", "", *map(percent, means)])
-    headers = ["modules", "images", "model A", "model B", "composed (channelled)", "composed (artifact form)"]
-    return render_table(headers, rows)
+    return render_table(["modules", "images", "model A", "model B", "composed"], rows)
 
 
 def replacement_table(a_models: Decomposed, b_models: Decomposed) -> str:
     """Model A's vote before and after its module k is replaced by model B's module k."""
     split = digits.digits_split()
     inputs, labels = split.test_inputs, split.test_labels
-    before = (
-        composed_accuracy(a_models.channelled, inputs, labels), composed_accuracy(a_models.concerns, inputs, labels),
-    )
+    before = composed_accuracy(a_models.modules, inputs, labels)
     rows, totals = [], []
     for label in range(digits.CLASSES):
-        after = (
-            composed_accuracy({**a_models.channelled, label: b_models.channelled[label]}, inputs, labels),
-            composed_accuracy({**a_models.concerns, label: b_models.concerns[label]}, inputs, labels),
-        )
+        after = composed_accuracy({**a_models.modules, label: b_models.modules[label]}, inputs, labels)
         totals.append(after)
-        rows.append([f"m{label}", percent(before[0]), percent(after[0]), percent(before[1]), percent(after[1])])
-    means = [_mean(column) for column in zip(*totals, strict=True)]
-    rows.append(["mean", percent(before[0]), percent(means[0]), percent(before[1]), percent(means[1])])
-    headers = ["replaced", "channelled: A", "A with B's module", "artifact form: A", "A with B's module"]
-    return render_table(headers, rows)
+        rows.append([f"m{label}", percent(before), percent(after), _points(after - before)])
+    rows.append(["mean", percent(before), percent(_mean(totals)), _points(_mean(totals) - before)])
+    return render_table(["replaced", "A", "A with B's module", "change"], rows)
 
 
 def _mean(values) -> float:
@@ -133,12 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     started = time.perf_counter()
     models = {(depth, seed): decomposed(depth, seed) for depth in DEPTHS for seed in SEEDS}
-    table, channelled_loss, concern_loss = table_1(models)
+    table, loss = table_1(models)
     print(f"Table 1: model against composed accuracy, mean of seeds {', '.join(map(str, SEEDS))} "
           f"({len(digits.digits_split().test_labels)} test images)\n")
     print(table)
-    print(f"\nmean loss: channelled {100 * channelled_loss:+.2f} points, artifact form {100 * concern_loss:+.2f} "
-          f"points (target: under 1 point)")
+    print(f"\nmean loss: {100 * loss:+.2f} points (target: under 1 point)")
     a_models, b_models = models[1, 0], models[2, 1]
     print("\nReuse: module a of model A (1 x 64, seed 0) and module b of model B (2 x 64, seed 1), voted\n")
     print(reuse_table(a_models, b_models))

@@ -16,7 +16,7 @@ share a module name.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -78,7 +78,8 @@ def write_decomposition(
         "sizes": [asdict(row) for row in rows],
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    (out_dir / f"{spec_name}_modules.py").write_text(factories_text(spec_name, sorted(decomposition.modules)))
+    paths = {f"load_{module_name(label)}": f"{module_name(label)}.pt" for label in sorted(decomposition.modules)}
+    (out_dir / f"{spec_name}_modules.py").write_text(factories_text(spec_name, paths))
     (out_dir / "sizes.txt").write_text(format_table(rows) + "\n")
     spec_path = out_dir / f"{spec_name}.mdl"
     spec_path.write_text(spec)
@@ -169,11 +170,17 @@ def _layer(entry: object, manifest_path: Path) -> nn.Module:
     raise ArtifactError(f"{manifest_path}: a layer entry it cannot rebuild: {entry!r:.200}")
 
 
-def factories_text(spec_name: str, labels: Sequence[int]) -> str:
-    """The factories module: one zero-argument loader per module, found from its own file's folder."""
+def factories_text(spec_name: str, paths: Mapping[str, str]) -> str:
+    """A factories module: per `name -> path`, a zero-argument `name()` that loads the module saved at `path`.
+
+    The paths are relative to the factories file's own folder (so the folder can
+    be moved as a whole) and each names a `.pt` file `write_decomposition` wrote,
+    with its manifest beside it. `mdl demo` uses it for specs that bind modules
+    of several decompositions.
+    """
     lines = [
-        f'"""Factories of the modules of `{spec_name}.mdl`, written by `mdl decompose`: one per module,',
-        'taking no arguments (LANGUAGE.md section 8), each loading its state dict from this folder."""',
+        f'"""Factories of the modules of `{spec_name}.mdl`: one per module, taking no arguments',
+        '(LANGUAGE.md section 8), each loading a module `mdl decompose` wrote, relative to this folder."""',
         "",
         "from pathlib import Path",
         "",
@@ -181,9 +188,10 @@ def factories_text(spec_name: str, labels: Sequence[int]) -> str:
         "",
         "HERE = Path(__file__).resolve().parent",
     ]
-    for label in labels:
-        name = module_name(label)
-        lines += ["", "", f"def load_{name}():", f'    return load_module(HERE / "{name}.pt")']
+    for name, path in paths.items():
+        if not name.isidentifier():
+            raise ArtifactError(f"the factory name `{name}` is not an identifier")
+        lines += ["", "", f"def {name}():", f"    return load_module(HERE / {json.dumps(path)})"]
     return "\n".join(lines) + "\n"
 
 

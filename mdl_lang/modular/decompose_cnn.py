@@ -161,13 +161,16 @@ def decompose_cnn(
     concern_rate: float = 0.2,
     tangling_rate: float = 0.5,
     min_support: float = 0.01,
+    channel: str = "mean",
 ) -> Decomposition:
     """One binary module per class of `classes` (default all), identified on `inputs` (N, C, H, W) and `labels`.
 
     A convolution position is kept for class k when it is active on at least
     `concern_rate` of k's positive examples or `tangling_rate` of its
     (class-balanced) negative ones; `min_support` is the dense decomposition's
-    threshold for the hidden units of the head. `masks` in the result describe
+    threshold for the hidden units of the head, and `channel` how its outputs
+    become `{k} | other` (`decompose`'s; "mean" here, the form docs/decompose-cnn.md
+    and its tests describe, while dense models default to "max"). `masks` in the result describe
     the head, in its own coordinates; the convolution masks are the modules'
     `PositionMask` layers (`position_masks`).
     """
@@ -205,7 +208,9 @@ def decompose_cnn(
             keep = _concern_positions(active, positive, labels, label, count, concern_rate, tangling_rate)
             masked = _masked_layers(convolutional, keep)
             features = nn.Sequential(*masked)(inputs)
-            dense = decompose(head_model, features, labels, classes=[label], min_support=min_support)
+            dense = decompose(
+                head_model, features, labels, classes=[label], min_support=min_support, channel=channel,
+            )
             modules[label] = nn.Sequential(*masked, *dense.modules[label]).eval()
             masks[label] = dense.masks[label]
             positives[label], negatives[label] = int(positive.sum()), int((labels != label).sum())
@@ -221,6 +226,7 @@ def decompose_cnn(
         probabilities=isinstance(head[-1][1], nn.Softmax),
         positives=positives,
         negatives=negatives,
+        channel=channel,
     )
 
 

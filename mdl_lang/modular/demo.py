@@ -38,7 +38,6 @@ KMNIST_VARIABLE = "MDL_KMNIST_DIR"
 DEFAULT_KMNIST = Path("..") / "shared" / "data" / "fse20-kmnist1"
 HIDDEN = (64,)
 IMAGE_TYPE = "Tensor[B, 1, 8, 8] float32 in [0, 1]"
-CONCERNS = "concerns"  # the folder, beside write_decomposition's files, of the modules in the artifact's form
 # The under-represented class keeps this share of its training samples.
 FAULT_FRACTION = 0.05
 RECALL_BOUND = 0.75
@@ -227,55 +226,48 @@ def _train(split: DigitsSplit, inputs: torch.Tensor, labels: torch.Tensor, setti
 
 
 def _decompose(model: nn.Sequential, split: DigitsSplit, folder: Path) -> int:
-    """Decompose on the training images, print the size table, write the modules both ways; the FLOPs it took.
+    """Decompose on the training images, print the size table, write the modules; the FLOPs it took.
 
-    `write_decomposition` writes the channelled modules and their spec; the vote
-    of the demo composes the same modules in the artifact's form (`concern_modules`).
+    `decompose` gives the modules in the form of the paper's published ones (the
+    model's ten outputs over the kept units, seen as `{k} | other`), and
+    `write_decomposition` writes them as `mdl decompose` does: `m0.pt` ... `m9.pt`,
+    their manifest, factories and spec, under `folder`.
     """
-    from mdl_lang.modular.artifacts import write_decomposition
-    from mdl_lang.modular.decompose import decompose, format_table, jaccard_table
-    from mdl_lang.modular.repair import (
-        composed_accuracy,
-        concern_modules,
-        counted_flops,
-        format_flops,
-        save_concern_module,
-    )
+    from mdl_lang.modular.artifacts import module_sizes, write_decomposition
+    from mdl_lang.modular.decompose import decompose, format_table
+    from mdl_lang.modular.repair import composed_accuracy, counted_flops, format_flops
 
     decomposition, flops = counted_flops(lambda: decompose(model, split.train_inputs, split.train_labels))
-    print(_indented(format_table(jaccard_table(model, decomposition))))
+    print(_indented(format_table(module_sizes(decomposition))))
     spec = write_decomposition(decomposition, folder, spec_name=folder.name, input_type=IMAGE_TYPE)
-    (folder / CONCERNS).mkdir(exist_ok=True)
-    for label, module in concern_modules(decomposition).items():
-        save_concern_module(module, folder / _module_file(label))
-    channelled = composed_accuracy(decomposition.modules, split.test_inputs, split.test_labels)
+    composed = composed_accuracy(decomposition.modules, split.test_inputs, split.test_labels)
     print(f"  decomposition: {format_flops(flops)} (counted); written to {folder} (spec {spec.name})")
-    print(f"  vote of the channelled modules: {channelled:.2%}; composed below in the artifact's form "
-          f"(all ten outputs, `{{k}} | other` by argmax)")
+    print(f"  vote of the modules: {composed:.2%} (each keeps the ten outputs over its units, "
+          f"`{{k}} | other` by argmax)")
     return flops
 
 
 def _write_vote_spec(out: Path, name: str, modules_from: str, replacement_from: str | None, label: int) -> Path:
-    """`out/<name>.mdl` and the factories its bindings name, `out/<name>_modules.py`."""
-    from mdl_lang.modular.repair import SpecModule, factory_file_text, vote_spec_text
+    """`out/<name>.mdl` and the factories its bindings name, `out/<name>_modules.py`.
 
-    factories = {f"load_m{k}": f"{modules_from}/{_module_file(k)}" for k in range(10)}
+    The factories load the modules `_decompose` wrote under `out/<modules_from>/`
+    (and the replacement's under `out/<replacement_from>/`) with `load_module`.
+    """
+    from mdl_lang.modular.artifacts import factories_text, module_name
+    from mdl_lang.modular.repair import SpecModule, vote_spec_text
+
+    paths = {f"load_m{k}": f"{modules_from}/{module_name(k)}.pt" for k in range(10)}
     modules = [SpecModule(f"m{k}", k, f"{name}_modules:load_m{k}") for k in range(10)]
     replacement = None
     if replacement_from is not None:
-        factories[f"load_m{label}_{replacement_from}"] = f"{replacement_from}/{_module_file(label)}"
+        paths[f"load_m{label}_{replacement_from}"] = f"{replacement_from}/{module_name(label)}.pt"
         new = SpecModule(f"m{label}_{replacement_from}", label, f"{name}_modules:load_m{label}_{replacement_from}")
         replacement = (f"m{label}", new)
     text = vote_spec_text(modules, recall_bound=RECALL_BOUND, accuracy_bound=ACCURACY_BOUND, replacement=replacement)
-    (out / f"{name}_modules.py").write_text(factory_file_text(factories), encoding="utf-8")
+    (out / f"{name}_modules.py").write_text(factories_text(name, paths), encoding="utf-8")
     spec_file = out / f"{name}.mdl"
     spec_file.write_text(text, encoding="utf-8")
     return spec_file
-
-
-def _module_file(label: int) -> str:
-    """Where the module of `label` is saved in the artifact's form, under a decomposition's folder."""
-    return f"{CONCERNS}/m{label}.pt"
 
 
 def _check_and_load(spec_file: Path, checks: Checks) -> CheckedSpec:
@@ -296,9 +288,9 @@ def _check_and_load(spec_file: Path, checks: Checks) -> CheckedSpec:
 
 def _parts(folder: Path, prefix: str) -> dict[str, nn.Module]:
     """The ten modules written to `folder`, read back as the bindings read them, by part name."""
-    from mdl_lang.modular.repair import load_concern_module
+    from mdl_lang.modular.artifacts import load_module, module_name
 
-    return {f"{prefix}{k}": load_concern_module(folder / _module_file(k)) for k in range(10)}
+    return {f"{prefix}{k}": load_module(folder / f"{module_name(k)}.pt") for k in range(10)}
 
 
 def _bound_accuracy(spec: CheckedSpec, name: str, parts: dict[str, nn.Module], split: DigitsSplit) -> float:

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -27,12 +26,8 @@ from torch import nn
 from mdl_lang import ir
 from mdl_lang.backends.torch.composed import vote
 from mdl_lang.compiler import CheckedSpec
-from mdl_lang.modular.concern import ConcernView
 from mdl_lang.modular.digits import Training
 from mdl_lang.report import Result, Role, Verdict
-
-if TYPE_CHECKING:
-    from mdl_lang.modular.decompose import Decomposition
 
 T = TypeVar("T")
 
@@ -41,7 +36,6 @@ T = TypeVar("T")
 TRAINING_FACTOR = 3
 
 DATA_BINDING = "mdl_lang.modular.digits:test_split"
-CONCERN_SCHEMA = "mdl-concern-module/1"
 
 
 # ---------------------------------------------------------------- cost
@@ -103,75 +97,6 @@ def format_flops(flops: int) -> str:
         if flops >= scale:
             return f"{flops / scale:.3g} {prefix}FLOP"
     return f"{flops} FLOP"
-
-
-# ---------------------------------------------------------------- modules in the paper's form
-
-
-def concern_modules(decomposition: Decomposition) -> dict[int, ConcernView]:
-    """Every module as the ESEC/FSE 2020 artifact ships it: kept hidden units, all C outputs, seen as `{k} | other`.
-
-    `decompose` channels the C outputs into two, k and the mean of the rivals. That
-    keeps the vote's decision, but the module claims k on nearly every input
-    (on digits, recall 1.0 and precision about 0.2 for every class), so its own
-    per-class clauses hold whatever the module is worth and a vote's failure can
-    only be blamed on the composition. The artifact's modules keep every output
-    (the KMNIST-1 fixtures are Dense(49) -> Dense(10)) and claim k where k is
-    their argmax (`ConcernView`): the same pruned hidden layers, the model's
-    output layer over the kept units, and a claim that means what it says.
-    """
-    from mdl_lang.modular.decompose import dense_network
-
-    network = dense_network(decomposition.model)
-    output = network.linears[-1]
-    views = {}
-    for label, module in decomposition.modules.items():
-        layers = list(module)
-        last = max(index for index, layer in enumerate(layers) if isinstance(layer, nn.Linear))
-        hidden = layers[:last]
-        masks = decomposition.masks[label]
-        units = masks.units[-1] if masks.units else torch.ones(output.in_features, dtype=torch.bool)
-        if layers[last].in_features != int(units.sum()):
-            kept = int(units.sum())
-            raise ValueError(f"module {label} reads {layers[last].in_features} units, its mask keeps {kept}")
-        head = nn.Linear(int(units.sum()), output.out_features)
-        with torch.no_grad():
-            head.weight.copy_(output.weight[:, units])
-            head.bias.copy_(output.bias if output.bias is not None else torch.zeros(output.out_features))
-        tail = [nn.Softmax(dim=-1)] if network.softmax else []
-        views[label] = ConcernView(nn.Sequential(*hidden, head, *tail).eval(), label)
-    return views
-
-
-def save_concern_module(module: ConcernView, path: Path) -> None:
-    """Write a dense concern module as plain tensors and flags, readable with `torch.load(weights_only=True)`."""
-    layers = list(module.module)
-    linears = [layer for layer in layers if isinstance(layer, nn.Linear)]
-    torch.save({
-        "schema": CONCERN_SCHEMA,
-        "label": module.label,
-        "flatten": isinstance(layers[0], nn.Flatten),
-        "softmax": isinstance(layers[-1], nn.Softmax),
-        "weights": [layer.weight.detach().clone() for layer in linears],
-        "biases": [layer.bias.detach().clone() for layer in linears],
-    }, path)
-
-
-def load_concern_module(path: str | Path) -> ConcernView:
-    """The module `save_concern_module` wrote: Flatten?, (Linear, ReLU)..., Linear, Softmax?, seen as `{k} | other`."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or saved.get("schema") != CONCERN_SCHEMA:
-        raise ValueError(f"{path} is not a {CONCERN_SCHEMA} file written by `mdl demo`")
-    layers: list[nn.Module] = [nn.Flatten()] if saved["flatten"] else []
-    for position, (weight, bias) in enumerate(zip(saved["weights"], saved["biases"], strict=True)):
-        linear = nn.Linear(weight.shape[1], weight.shape[0])
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            linear.bias.copy_(bias)
-        layers += [linear] if position == len(saved["weights"]) - 1 else [linear, nn.ReLU()]
-    if saved["softmax"]:
-        layers.append(nn.Softmax(dim=-1))
-    return ConcernView(nn.Sequential(*layers).eval(), int(saved["label"]))
 
 
 # ---------------------------------------------------------------- composing without a spec
@@ -276,25 +201,6 @@ def vote_spec_text(
     if formatted.text is None:
         raise ValueError(f"the generated spec does not parse: {formatted.diagnostics}")
     return formatted.text
-
-
-def factory_file_text(factories: dict[str, str]) -> str:
-    """A Python file of no-argument factories, `name -> path of a saved module`, for `python "file:name"` bindings.
-
-    The paths are relative to the file, so the folder can be moved as a whole.
-    """
-    lines = [
-        '"""Factories for the bindings of the specs beside this file; written by `mdl demo`."""',
-        "",
-        "from pathlib import Path",
-        "",
-        "from mdl_lang.modular.repair import load_concern_module",
-        "",
-        "HERE = Path(__file__).resolve().parent",
-    ]
-    for name, path in factories.items():
-        lines += ["", "", f"def {name}():", f'    return load_concern_module(HERE / "{path}")']
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- testing and blame

@@ -37,9 +37,9 @@ def verdicts(spec_name: str, component: str, backends: set[str], examples: int =
     """(verdict, message) per clause of `component` that the backends run.
 
     Left out, by design: requires (the caller's side), relational clauses (the
-    attacks of `mdl test` are slow, and `robust` is not a promise these small
-    models keep on random inputs) and latency bounds (they time this machine,
-    which other jobs share; the cost backend's own tests cover them).
+    attacks of `mdl test` are slow: `test_robustness_holds_over_seeds` runs them)
+    and latency bounds (they time this machine, which other jobs share; the cost
+    backend's own tests cover them).
     """
     spec = mdl_lang.load(REPO / "specs" / spec_name)
     tester = ContractTester(spec, TestSettings(max_examples=examples, replay_dir=None))
@@ -148,11 +148,43 @@ def test_fixed_functions_keep_every_clause(spec: str, component: str):
     assert all_pass(found), found
 
 
+def test_the_parity_view_and_its_vote_with_the_cnn_keep_their_clauses():
+    for component in ("parity_net", "wider"):
+        found = verdicts("pipeline.mdl", component, {"pbt"}, examples=5)
+        assert all_pass(found), (component, found)
+
+
+def test_every_module_binding_of_the_example_specs_resolves():
+    """A binding to a factory that does not exist stops `mdl test` and `pytest specs/` with exit 2."""
+    from mdl_lang.bindings import resolve
+
+    for path in sorted((REPO / "specs").glob("*.mdl")):
+        spec = mdl_lang.load(path)
+        for name in spec.components():
+            component = spec.component(name)
+            binding = getattr(component, "binding", None)
+            if binding is not None and component.file == spec.file:
+                assert callable(resolve(binding, component.file)), (path.name, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize(("spec_name", "component"), [("digits.mdl", "cnn"), ("digits_modules.mdl", "m5_v2")])
+def test_robustness_holds_over_seeds(spec_name: str, component: str, seed: int):
+    """The radii of the `robust` clauses hold against `mdl test`'s attack for seeds 0-4 (a few seconds each)."""
+    spec = mdl_lang.load(REPO / "specs" / spec_name)
+    tester = ContractTester(spec, TestSettings(seed=seed, replay_dir=None))
+    items = [item for item in clause_items(spec, component) if item.fragment == "relational"]
+    assert {item.name for item in items} >= {"robust"}
+    found = {item.name: _outcome(tester.run_item(item)) for item in items}
+    assert all_pass(found), found
+
+
 # ---------------------------------------------------------------- decomposed modules
 
 
 def test_the_decomposed_modules_and_their_vote_keep_their_clauses():
-    for component in ("m0", "m5", "m8", "voted", "repaired"):
+    for component in ("m0", "m5", "m8", "m5_v2", "voted", "repaired"):
         found = verdicts("digits_modules.mdl", component, {"stat"})
         assert all_pass(found), (component, found)
 

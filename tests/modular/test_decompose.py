@@ -65,17 +65,21 @@ def digits_like():
     return model, inputs, labels
 
 
-def test_each_module_scores_its_class_and_other_as_probabilities(digits_like):
+def test_each_module_scores_its_class_and_best_rival_as_probabilities(digits_like):
     model, inputs, labels = digits_like
     decomposition = decompose(model, inputs, labels)
     assert sorted(decomposition.modules) == [0, 1, 2, 3, 4]
     assert decomposition.probabilities and decomposition.input_shape == (12,)
-    for module in decomposition.modules.values():
+    assert decomposition.channel == "max"
+    for label, module in decomposition.modules.items():
         with torch.no_grad():
             scores = module(inputs)
-        assert scores.shape == (len(inputs), 2)
+            ten = module[:-1](inputs)  # the pruned network's C probabilities, before the `{k} | other` view
+        assert scores.shape == (len(inputs), 2) and ten.shape == (len(inputs), 5)
         assert scores.min() >= 0 and scores.max() <= 1
-        torch.testing.assert_close(scores.sum(dim=1), torch.ones(len(inputs)))
+        assert bool((scores.sum(dim=1) <= 1 + 1e-6).all())
+        rivals = torch.cat((ten[:, :label], ten[:, label + 1:]), dim=1).amax(dim=1)
+        torch.testing.assert_close(scores, torch.stack((ten[:, label], rivals), dim=1))
 
 
 def test_where_the_cut_units_are_silent_the_vote_decides_as_the_model(digits_like):
@@ -108,9 +112,9 @@ def test_a_logits_model_gives_logit_modules_whose_vote_still_follows_the_model(d
     assert torch.equal(decided, expected)
 
 
-def test_the_max_channel_claims_exactly_where_the_model_predicts_the_class(digits_like, tmp_path, capsys):
+def test_a_module_claims_exactly_where_the_model_predicts_the_class(digits_like, tmp_path, capsys):
     model, inputs, labels = digits_like
-    decomposition = decompose(model, inputs, labels, min_support=0.0, channel="max")
+    decomposition = decompose(model, inputs, labels, min_support=0.0)
     with torch.no_grad():
         predicted = model(inputs).argmax(dim=1)
         for label, module in decomposition.modules.items():
@@ -127,6 +131,30 @@ def test_the_max_channel_claims_exactly_where_the_model_predicts_the_class(digit
         decompose(model, inputs, labels, channel="sum")
 
 
+def test_the_mean_channel_gives_two_way_softmax_modules_that_claim_more_often(digits_like, tmp_path, capsys):
+    model, inputs, labels = digits_like
+    decomposition = decompose(model, inputs, labels, min_support=0.0, channel="mean")
+    assert decomposition.channel == "mean"
+    claimed = 0
+    with torch.no_grad():
+        predicted = model(inputs).argmax(dim=1)
+        for label, module in decomposition.modules.items():
+            assert [layer.out_features for layer in module if isinstance(layer, nn.Linear)][-1] == 2
+            scores = module(inputs)
+            torch.testing.assert_close(scores.sum(dim=1), torch.ones(len(inputs)))
+            claims = scores.argmax(dim=1) == 0
+            # k beats the rivals' mean wherever it is the argmax, and on some inputs where it is not
+            assert bool(claims[predicted == label].all())
+            claimed += int(claims.sum())
+    assert claimed > len(inputs)
+    spec_path = write_decomposition(decomposition, tmp_path, spec_name="blobs_mean")
+    assert main(["check", str(spec_path)]) == 0, capsys.readouterr().out
+    assert "ensures probabilities: sum(y) == 1 within 1e-5" in spec_path.read_text()
+    assert '"channel": "mean"' in (tmp_path / "manifest.json").read_text()
+    with torch.no_grad():
+        torch.testing.assert_close(load_module(tmp_path / "m1.pt")(inputs), decomposition.modules[1](inputs))
+
+
 def test_deeper_and_shallower_networks_decompose_layer_by_layer(digits_like):
     _, inputs, labels = digits_like
     torch.manual_seed(4)
@@ -139,7 +167,7 @@ def test_deeper_and_shallower_networks_decompose_layer_by_layer(digits_like):
     assert torch.equal(voted(decomposition.modules, inputs, 5, float("-inf")), expected)
     linear = nn.Sequential(*fitted(nn.Sequential(nn.Linear(12, 5)), inputs, labels), nn.Softmax(dim=-1))
     shallow = decompose(linear, inputs, labels)
-    assert [layer.out_features for layer in shallow.modules[2] if isinstance(layer, nn.Linear)] == [2]
+    assert [layer.out_features for layer in shallow.modules[2] if isinstance(layer, nn.Linear)] == [5]
     [row] = [row for row in jaccard_table(linear, shallow) if row.label == 2]
     assert row.hidden_units == () and row.jaccard == 1.0
 
@@ -157,7 +185,7 @@ def test_units_no_example_switches_on_are_cut_out(digits_like):
     edges = 24 * 12 + 5 * 24
     for row in rows:
         assert row.model_hidden_units == (24,) and row.model_edges == edges
-        # kept hidden edges, then per kept unit its edge into k and the C - 1 edges its channel edge stands for
+        # kept hidden edges, then per kept unit its edges into the C outputs
         masks = decomposition.masks[row.label]
         shared = int(masks.edges[0].sum()) + 5 * int(masks.units[0].sum())
         assert row.jaccard == pytest.approx(shared / edges)
@@ -253,7 +281,7 @@ def test_mdl_test_passes_every_clause_the_generated_spec_writes(digits_like, tmp
     captured = capsys.readouterr()
     assert code == 0, captured.out + captured.err
     assert "0 failed, 0 unknown" in captured.out
-    assert "m4 · params (cost): pass" in captured.err and "m4 · probabilities (pbt): pass" in captured.err
+    assert "m4 · params (cost): pass" in captured.err and "m4 · concern (pbt): pass" in captured.err
 
 
 def test_a_partial_decomposition_votes_over_the_chosen_labels(digits_like, tmp_path, capsys):
@@ -296,7 +324,17 @@ def test_cli_decomposes_a_state_dict_model_and_prints_the_table(saved, capsys):
     assert "wrote" in captured.out and "blobs_modules.mdl" in captured.out
     assert "mdl decompose: module 4:" in captured.err
     assert main(["check", str(out / "blobs_modules.mdl")]) == 0
-    assert isinstance(load_module(out / "m3.pt")[-1], nn.Softmax)
+    assert isinstance(load_module(out / "m3.pt")[-2], nn.Softmax)
+
+
+def test_cli_channel_mean_writes_two_output_modules(saved, capsys):
+    out = saved / "mean"
+    code = main(["decompose", str(saved / "blobs.pt"), "--softmax", "--data", str(saved / "blobs.npz"),
+                 "--out", str(out), "--channel", "mean", "--classes", "0"])
+    assert code == 0, capsys.readouterr().err
+    module = load_module(out / "m0.pt")
+    assert isinstance(module[-1], nn.Softmax)
+    assert [layer.out_features for layer in module if isinstance(layer, nn.Linear)][-1] == 2
 
 
 def test_cli_puts_a_flatten_before_a_state_dict_model_of_image_data(digits_like, tmp_path, capsys):
@@ -305,7 +343,7 @@ def test_cli_puts_a_flatten_before_a_state_dict_model_of_image_data(digits_like,
     torch.save(images.state_dict(), tmp_path / "images.pt")
     torch.save({"x": inputs.reshape(-1, 3, 4), "y": labels}, tmp_path / "images_data.pt")
     code = main(["decompose", str(tmp_path / "images.pt"), "--softmax", "--data", str(tmp_path / "images_data.pt"),
-                 "--out", str(tmp_path / "out"), "--channel", "max"])
+                 "--out", str(tmp_path / "out")])
     assert code == 0, capsys.readouterr().err
     module = load_module(tmp_path / "out" / "m2.pt")
     assert isinstance(module[0], nn.Flatten)
@@ -353,3 +391,37 @@ def test_cli_refuses_a_pickled_model_and_says_what_to_save(saved, capsys, digits
     assert main(["decompose", str(saved / "whole.pt"), "--data", str(saved / "blobs.npz"), "--out", "o"]) == 2
     assert "save model.state_dict(), or pass pkg.mod:factory" in capsys.readouterr().err
 
+
+
+def test_a_cnn_decomposes_with_either_channel_and_the_cli_passes_the_channel_on(digits_like, tmp_path, capsys):
+    from mdl_lang.modular.decompose_cnn import decompose_cnn
+
+    _, inputs, labels = digits_like
+    images = inputs.reshape(-1, 1, 3, 4)
+    torch.manual_seed(5)
+    body = fitted(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 5)),
+                  images, labels)
+    cnn = nn.Sequential(*body, nn.Softmax(dim=-1)).eval()
+    best_rival = decompose_cnn(cnn, images, labels, classes=[1], channel="max")
+    assert best_rival.channel == "max"
+    with torch.no_grad():
+        scores = best_rival.modules[1](images)
+        ten = best_rival.modules[1][:-1](images)
+    assert ten.shape == (len(images), 5) and bool((scores.sum(dim=1) <= 1 + 1e-6).all())
+    assert torch.equal(scores.argmax(dim=1) == 0, ten.argmax(dim=1) == 1)
+    assert decompose_cnn(cnn, images, labels, classes=[1]).channel == "mean"
+    torch.save(cnn.state_dict(), tmp_path / "cnn.pt")
+    (tmp_path / "cnn_factory.py").write_text(
+        "from torch import nn\n\n\ndef model():\n    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), "
+        "nn.Flatten(), nn.Linear(48, 5), nn.Softmax(dim=-1))\n"
+    )
+    torch.save({"inputs": images, "labels": labels}, tmp_path / "images.pt")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        patch.syspath_prepend(str(tmp_path))
+        code = main(["decompose", "cnn_factory:model", "--weights", "cnn.pt", "--data", "images.pt", "--out", "out",
+                     "--classes", "1", "--channel", "max"])
+    assert code == 0, capsys.readouterr().err
+    assert '"channel": "max"' in (tmp_path / "out" / "manifest.json").read_text()
+    with torch.no_grad():
+        torch.testing.assert_close(load_module(tmp_path / "out" / "m1.pt")(images), scores)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,11 @@ def test_the_specs_left_behind_check_format_and_test_on_their_own(demo_run: Demo
     specs = sorted(demo_run.out.glob("*_vote.mdl"))
     assert [spec.name for spec in specs] == ["digits_vote.mdl", "faulty_vote.mdl", "repaired_vote.mdl"]
     assert main(["check", str(demo_run.out)]) == 0
+    # The modules are those `mdl decompose` writes (best-rival channel), read back by `load_module`.
+    for folder in ("healthy", "faulty"):
+        manifest = json.loads((demo_run.out / folder / "manifest.json").read_text(encoding="utf-8"))
+        assert manifest["channel"] == "max" and len(manifest["modules"]) == 10
+    assert "load_module(HERE / \"healthy/m5.pt\")" in (demo_run.out / "repaired_vote_modules.py").read_text()
     assert main(["fmt", "--check", *map(str, specs)]) == 0
     capsys.readouterr()
     # Through the written factories (the spec's `python` bindings), not through parts given in Python.

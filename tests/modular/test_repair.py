@@ -1,7 +1,8 @@
-"""Repair with blame: FLOP accounting, modules in the artifact's form, the generated spec, and blame on a vote."""
+"""Repair with blame: FLOP accounting, the decomposed modules' vote, the generated spec, and blame on a vote."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,19 +11,16 @@ from torch import nn
 
 import mdl_lang
 from mdl_lang.modular import digits
-from mdl_lang.modular.concern import ConcernView
+from mdl_lang.modular.artifacts import factories_text, load_module, write_decomposition
 from mdl_lang.modular.repair import (
     RepairCost,
     SpecModule,
     blamed_modules,
     composed_accuracy,
-    concern_modules,
     counted_flops,
     format_flops,
     forward_flops_per_sample,
-    load_concern_module,
     render_table,
-    save_concern_module,
     statistical_results,
     training_flops,
     vote_spec_text,
@@ -51,11 +49,17 @@ def trained() -> nn.Sequential:
 
 
 @pytest.fixture(scope="module")
-def concerns(trained: nn.Sequential) -> dict[int, ConcernView]:
+def decomposition(trained: nn.Sequential):
     from mdl_lang.modular.decompose import decompose
 
     split = digits.digits_split()
-    return concern_modules(decompose(trained, split.train_inputs, split.train_labels))
+    return decompose(trained, split.train_inputs, split.train_labels)
+
+
+@pytest.fixture(scope="module")
+def concerns(decomposition) -> dict[int, nn.Module]:
+    """The modules as `decompose` gives them by default: the ten outputs over the kept units, `{k} | other`."""
+    return dict(decomposition.modules)
 
 
 # ---------------------------------------------------------------- cost
@@ -90,10 +94,10 @@ def test_flops_are_shown_with_an_si_prefix(flops, shown):
     assert format_flops(int(flops)) == shown
 
 
-# ---------------------------------------------------------------- modules in the artifact's form
+# ---------------------------------------------------------------- the modules' vote
 
 
-def test_the_vote_of_the_artifact_form_decides_as_the_model(trained, concerns):
+def test_the_vote_of_the_modules_decides_as_the_model(trained, concerns):
     split = digits.digits_split()
     model = digits.accuracy(trained, split.test_inputs, split.test_labels)
     assert composed_accuracy(concerns, split.test_inputs, split.test_labels) == pytest.approx(model, abs=0.01)
@@ -104,27 +108,25 @@ def test_a_module_claims_its_class_where_it_is_the_argmax(concerns):
     module = concerns[3]
     with torch.no_grad():
         scores = module(split.test_inputs)
-        ten = module.module(split.test_inputs)
+        ten = module[:-1](split.test_inputs)  # before the `{3} | other` view
     assert scores.shape == (len(split.test_labels), 2)
     assert torch.equal(scores.argmax(dim=1) == 0, ten.argmax(dim=1) == 3)
     assert bool((scores.sum(dim=1) <= 1 + 1e-5).all())
 
 
-def test_a_saved_module_loads_back_unchanged(concerns, tmp_path: Path):
-    path = tmp_path / "m7.pt"
-    save_concern_module(concerns[7], path)
-    loaded = load_concern_module(path)
+def test_factories_load_modules_of_several_decompositions_relative_to_their_file(decomposition, tmp_path: Path):
+    write_decomposition(decomposition, tmp_path / "healthy", spec_name="healthy")
+    text = factories_text("vote", {"load_m7": "healthy/m7.pt", "load_m7_again": "healthy/m7.pt"})
+    path = tmp_path / "vote_factories.py"
+    path.write_text(text, encoding="utf-8")
+    found = importlib.util.spec_from_file_location("vote_factories", path)
+    factories = importlib.util.module_from_spec(found)
+    found.loader.exec_module(factories)
     inputs = digits.digits_split().test_inputs[:50]
-    assert loaded.label == 7
     with torch.no_grad():
-        assert torch.equal(loaded(inputs), concerns[7](inputs))
-
-
-def test_a_file_of_another_kind_is_refused(tmp_path: Path):
-    path = tmp_path / "other.pt"
-    torch.save({"weights": []}, path)
-    with pytest.raises(ValueError, match="not a mdl-concern-module/1 file"):
-        load_concern_module(path)
+        assert torch.equal(factories.load_m7()(inputs), decomposition.modules[7](inputs))
+        assert torch.equal(factories.load_m7_again()(inputs), decomposition.modules[7](inputs))
+        assert torch.equal(load_module(tmp_path / "healthy" / "m7.pt")(inputs), decomposition.modules[7](inputs))
 
 
 def test_a_vote_of_two_modules_decides_between_their_labels(concerns):
