@@ -57,9 +57,8 @@ def add_decompose_command(commands: argparse._SubParsersAction[argparse.Argument
     decompose.add_argument("--label-names", metavar="A,B,...", help="comma-separated class names, by index")
     decompose.add_argument("--min-support", type=float, default=0.01, metavar="F",
                            help="fraction of a class's examples that must use a unit to keep it (default 0.01)")
-    decompose.add_argument("--channel", choices=("max", "mean"),
-                           help="`other` as the best rival (the published modules' form; default for dense models) "
-                                "or the rivals' mean (default for CNNs)")
+    decompose.add_argument("--channel", choices=("max", "mean"), default="max",
+                           help="`other` as the best rival (the published modules' form; default) or the rivals' mean")
     decompose.add_argument("--softmax", action="store_true", help="a state-dict MODEL ends in Softmax")
     decompose.add_argument("--weights", type=Path, metavar="W.pt", help="state dict to load into a factory's model")
     decompose.set_defaults(handler=_run_decompose)
@@ -83,12 +82,12 @@ def _run_decompose(args: argparse.Namespace) -> int:
         if is_cnn(model):
             decomposition = decompose_cnn(
                 model, inputs, labels, classes=args.classes, progress=progress, min_support=args.min_support,
-                channel=args.channel or "mean",
+                channel=args.channel,
             )
         else:
             decomposition = decompose(
                 model, inputs, labels, classes=args.classes, progress=progress, min_support=args.min_support,
-                channel=args.channel or "max",
+                channel=args.channel,
             )
         spec_path = write_decomposition(
             decomposition, args.out, spec_name=spec_name, input_type=args.input_type, label_names=label_names,

@@ -161,7 +161,7 @@ def decompose_cnn(
     concern_rate: float = 0.2,
     tangling_rate: float = 0.5,
     min_support: float = 0.01,
-    channel: str = "mean",
+    channel: str = "max",
 ) -> Decomposition:
     """One binary module per class of `classes` (default all), identified on `inputs` (N, C, H, W) and `labels`.
 
@@ -169,8 +169,7 @@ def decompose_cnn(
     `concern_rate` of k's positive examples or `tangling_rate` of its
     (class-balanced) negative ones; `min_support` is the dense decomposition's
     threshold for the hidden units of the head, and `channel` how its outputs
-    become `{k} | other` (`decompose`'s; "mean" here, the form docs/decompose-cnn.md
-    and its tests describe, while dense models default to "max"). `masks` in the result describe
+    become `{k} | other` (`decompose`'s, "max" by default as for dense models). `masks` in the result describe
     the head, in its own coordinates; the convolution masks are the modules'
     `PositionMask` layers (`position_masks`).
     """

@@ -402,14 +402,15 @@ def test_a_cnn_decomposes_with_either_channel_and_the_cli_passes_the_channel_on(
     body = fitted(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 5)),
                   images, labels)
     cnn = nn.Sequential(*body, nn.Softmax(dim=-1)).eval()
-    best_rival = decompose_cnn(cnn, images, labels, classes=[1], channel="max")
+    best_rival = decompose_cnn(cnn, images, labels, classes=[1])
     assert best_rival.channel == "max"
     with torch.no_grad():
         scores = best_rival.modules[1](images)
         ten = best_rival.modules[1][:-1](images)
     assert ten.shape == (len(images), 5) and bool((scores.sum(dim=1) <= 1 + 1e-6).all())
     assert torch.equal(scores.argmax(dim=1) == 0, ten.argmax(dim=1) == 1)
-    assert decompose_cnn(cnn, images, labels, classes=[1]).channel == "mean"
+    mean = decompose_cnn(cnn, images, labels, classes=[1], channel="mean")
+    assert mean.channel == "mean"
     torch.save(cnn.state_dict(), tmp_path / "cnn.pt")
     (tmp_path / "cnn_factory.py").write_text(
         "from torch import nn\n\n\ndef model():\n    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), "
@@ -420,8 +421,8 @@ def test_a_cnn_decomposes_with_either_channel_and_the_cli_passes_the_channel_on(
         patch.chdir(tmp_path)
         patch.syspath_prepend(str(tmp_path))
         code = main(["decompose", "cnn_factory:model", "--weights", "cnn.pt", "--data", "images.pt", "--out", "out",
-                     "--classes", "1", "--channel", "max"])
+                     "--classes", "1", "--channel", "mean"])
     assert code == 0, capsys.readouterr().err
-    assert '"channel": "max"' in (tmp_path / "out" / "manifest.json").read_text()
+    assert '"channel": "mean"' in (tmp_path / "out" / "manifest.json").read_text()
     with torch.no_grad():
-        torch.testing.assert_close(load_module(tmp_path / "out" / "m1.pt")(images), scores)
+        torch.testing.assert_close(load_module(tmp_path / "out" / "m1.pt")(images), mean.modules[1](images))
