@@ -166,8 +166,8 @@ def render_result(result: Result, sources: SourceMap | None = None) -> str:
             more = f" and {len(witness.samples) - 10} more" if len(witness.samples) > 10 else ""
             lines.append(f"samples: {shown}{more}")
         if witness.values:
-            first = witness.samples[0] if witness.samples else 0
-            lines.append(f"values (sample {first}):")
+            # Values of a statistical clause are over the whole data set, not one sample.
+            lines.append(f"values (sample {witness.samples[0]}):" if witness.samples else "values:")
             lines += [f"  {expression} = {value}" for expression, value in witness.values]
         if witness.dims:
             lines.append("dims: " + ", ".join(f"{name}={size}" for name, size in witness.dims))
