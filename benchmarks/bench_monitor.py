@@ -5,9 +5,15 @@ the CPU, each call is checked for shape, dtype, value range, finiteness and a
 simplex clause (`sum(softmax(y)) == 1 within 1e-4`). The same checks are written
 with jaxtyping + beartype (shapes and dtypes by annotation, values by hand) and
 with icontract (pre- and postconditions as lambdas). Every variant is timed in
-the same run, round-robin, and reported as a ratio to the unmonitored call.
+the same run, round-robin; the columns are medians over the rounds, and the
+monitor's ratio (`mdl x`) and added time (`+us`) the medians of each round's
+ratio and difference to the unmonitored call timed just before it.
 
-    python benchmarks/bench_monitor.py [--calls 2000] [--rounds 7]
+    python benchmarks/bench_monitor.py [--calls 2000] [--rounds 7] [--clock wall|cpu]
+
+`--clock cpu` times with this thread's CPU time instead of the wall clock: on
+a machine shared with other work it leaves out the time others run, so the
+ratios hold steadier (cache misses others cause still count).
 
 Targets: at batch 256 the monitor adds at most 5%; at batch 1 at most 25 us per
 call; per call it is cheaper than both peers. Needs the benchmark-only packages
@@ -102,28 +108,46 @@ def icontract_checked(model: nn.Module, sample_shape: tuple[int, ...]) -> Callab
     return checked
 
 
-def per_call_seconds(function: Callable[[Tensor], Tensor], x: Tensor, calls: int) -> float:
-    start = time.perf_counter()
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def per_call_seconds(function: Callable[[Tensor], Tensor], x: Tensor, calls: int, clock: Callable[[], float]) -> float:
+    start = clock()
     for _ in range(calls):
         function(x)
-    return (time.perf_counter() - start) / calls
+    return (clock() - start) / calls
 
 
-def measure(variants: dict[str, Callable], x: Tensor, calls: int, rounds: int) -> dict[str, float]:
-    """Median per-call time of each variant, the variants interleaved round by round."""
+def measure(
+    variants: dict[str, Callable], x: Tensor, calls: int, rounds: int, clock: Callable[[], float],
+) -> dict[str, list[float]]:
+    """Per-call times of each variant, one per round, the variants interleaved round by round."""
     for function in variants.values():
-        per_call_seconds(function, x, max(10, calls // 20))
+        per_call_seconds(function, x, max(10, calls // 20), clock)
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, function in variants.items():
-            samples[name].append(per_call_seconds(function, x, calls))
-    return {name: statistics.median(times) for name, times in samples.items()}
+            samples[name].append(per_call_seconds(function, x, calls, clock))
+    return samples
+
+
+def added(samples: dict[str, list[float]], name: str) -> tuple[float, float]:
+    """What `name` adds to the plain call: the median over rounds of its ratio and of its difference.
+
+    Each round times the plain call and the checked one back to back, so a
+    round's ratio and difference share its conditions; their medians hold
+    where the machine's speed drifts between rounds more than the monitor costs.
+    """
+    pairs = list(zip(samples["plain"], samples[name], strict=True))
+    return statistics.median(b / a for a, b in pairs), statistics.median(b - a for a, b in pairs)
 
 
 def main() -> None:
     options = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     options.add_argument("--calls", type=int, default=2000, help="calls per round at batch 1")
     options.add_argument("--rounds", type=int, default=7)
+    options.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                         help="wall clock, or this thread's CPU time (steadier on a loaded machine)")
     args = options.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -131,7 +155,8 @@ def main() -> None:
         path = Path(folder) / "bench.mdl"
         path.write_text(SPEC)
         spec = mdl_lang.load(path)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, CPU; median of {args.rounds} rounds")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, CPU; median of {args.rounds} rounds, "
+          f"{args.clock} clock")
     print(f"{'model':<5}{'batch':>6}{'plain us':>10}{'mdl us':>9}{'mdl x':>7}{'+us':>8}"
           f"{'jaxtyping us':>14}{'icontract us':>14}")
     for name, build, shape in (("mlp", mlp, (64,)), ("cnn", cnn, (1, 8, 8))):
@@ -145,11 +170,11 @@ def main() -> None:
             x = torch.rand(batch, *shape) * 16
             calls = args.calls if batch == 1 else max(50, args.calls // 20)
             with torch.no_grad():
-                times = measure(variants, x, calls, args.rounds)
-            plain = times["plain"]
-            print(f"{name:<5}{batch:>6}{plain * 1e6:>10.1f}{times['mdl'] * 1e6:>9.1f}{times['mdl'] / plain:>7.3f}"
-                  f"{(times['mdl'] - plain) * 1e6:>8.1f}{times['jaxtyping'] * 1e6:>14.1f}"
-                  f"{times['icontract'] * 1e6:>14.1f}")
+                samples = measure(variants, x, calls, args.rounds, CLOCKS[args.clock])
+            times = {variant: statistics.median(values) for variant, values in samples.items()}
+            ratio, difference = added(samples, "mdl")
+            print(f"{name:<5}{batch:>6}{times['plain'] * 1e6:>10.1f}{times['mdl'] * 1e6:>9.1f}{ratio:>7.3f}"
+                  f"{difference * 1e6:>8.1f}{times['jaxtyping'] * 1e6:>14.1f}{times['icontract'] * 1e6:>14.1f}")
 
 
 if __name__ == "__main__":

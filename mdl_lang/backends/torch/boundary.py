@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 from mdl_lang import ir
-from mdl_lang.backends.torch.predicates import CallContext, PredicateCompiler, UnsupportedClause
+from mdl_lang.backends.torch.predicates import CallContext, Constant, PredicateCompiler, UnsupportedClause, all_finite
 from mdl_lang.backends.torch.refinements import check_call_shape, finite_mask, range_mask, summarize
 from mdl_lang.diagnostics import SourceMap
 from mdl_lang.span import Span
@@ -54,6 +55,25 @@ class Violation:
     error: str | None = None
 
 
+class Shapes(NamedTuple):
+    """What the shape and dtype checks of one call signature found: pass, the dims bound, the batch size."""
+
+    holds: bool
+    dims: dict[str, int]
+    batch: int
+
+
+class FastCall(NamedTuple):
+    """The fast requires of one call, kept for its ensures: the context the checks read, the input
+    signature (None when an input is not a tensor, then nothing is cached) and the requires verdict:
+    a 0-dim bool tensor not yet synced, True, or False for a wrong call (shape, dtype, a check that raised).
+    """
+
+    ctx: CallContext
+    signature: tuple | None
+    holds: torch.Tensor | bool
+
+
 @dataclass(frozen=True)
 class Skipped:
     """A clause the monitor does not run, and why (another backend checks it)."""
@@ -80,11 +100,14 @@ class Boundary:
                 (self.requires if clause.kind == "requires" else self.ensures).append(check)
         self.requires.sort(key=_report_order)
         self.ensures.sort(key=_report_order)
-        self._fast = {
-            phase: [check for check in checks if not check.implied]
-            for phase, checks in (("requires", self.requires), ("ensures", self.ensures))
-        }
-        self._shape_cache: dict[tuple, tuple[bool, dict[str, int]]] = {}
+        # The fast path runs flat tuples of closures: no per-call dict or dataclass work.
+        self._fast_requires = tuple(check.holds for check in self.requires if not check.implied)
+        self._fast_ensures = tuple(check.holds for check in self.ensures if not check.implied)
+        self._input_names = tuple(port.name for port in self.inputs)
+        self._output_names = tuple(port.name for port in self.outputs)
+        # Shape and dtype verdicts by call signature (input shapes and dtypes; then with the outputs').
+        self._input_shapes: dict[tuple, Shapes] = {}
+        self._output_shapes: dict[tuple, Shapes] = {}
 
     # ------------------------------------------------------------ building
 
@@ -123,39 +146,47 @@ class Boundary:
     def ports(self, phase: str) -> tuple[ir.Port, ...]:
         return self.inputs if phase == "requires" else self.outputs
 
-    def fast(self, phase: str, values: dict[str, object], bound: dict[str, int]) -> torch.Tensor | bool:
-        """The fast path of a phase: a 0-dim bool tensor (no host sync yet), or False for a wrong call.
-
-        Shapes and dtypes are decided here in Python (cached per call signature);
-        values only on the device. Binds the call's symbolic dims into `bound`.
+    def fast_requires(self, values: dict[str, object]) -> FastCall:
+        """The fast path of the requires: shapes and dtypes decided in Python (cached per call signature),
+        values only on the device, to one 0-dim bool tensor that is not synced yet.
         """
-        ports = self.ports(phase)
-        if not self._shapes_hold(phase, ports, values, bound):
-            return False
-        checks = self._fast[phase]
-        if not checks:
-            return True
-        ctx = CallContext(_clause_values(values), bound, _batch_size(values, ports))
-        try:
-            result = checks[0].holds(ctx)
-            for check in checks[1:]:
-                result = result & check.holds(ctx)
-        except Exception:  # noqa: BLE001 - the slow path names the check that cannot run
-            return False
-        return result
+        signature = _signature(self._input_names, values)
+        shapes = self._input_shapes.get(signature) if signature is not None else None
+        if shapes is None:
+            shapes = self._shapes(self.inputs, values, {})
+            if signature is not None and len(self._input_shapes) < _SIGNATURES:
+                self._input_shapes[signature] = shapes
+        ctx = CallContext(_clause_values(values), shapes.dims, shapes.batch)
+        if not shapes.holds:
+            return FastCall(ctx, signature, False)
+        return FastCall(ctx, signature, _conjunction(self._fast_requires, ctx))
 
-    def _shapes_hold(self, phase: str, ports, values: dict[str, object], bound: dict[str, int]) -> bool:
-        key = _signature(phase, ports, values, bound)
-        cached = self._shape_cache.get(key) if key is not None else None
-        if cached is None:
-            local = dict(bound)
-            holds = all(check_call_shape(port, values.get(port.name), local) is None for port in ports)
-            cached = (holds, local)
-            if key is not None and len(self._shape_cache) < 256:
-                self._shape_cache[key] = cached
-        holds, local = cached
-        bound.update(local)
-        return holds
+    def fast_ensures(self, call: FastCall, outputs: tuple) -> torch.Tensor | bool:
+        """The fast path of the ensures, after the requires of the same call; an ensures may read the inputs too.
+
+        Returns a 0-dim bool tensor (not synced), True, or False for a wrong call.
+        """
+        out_signature = _signature_of(outputs) if call.signature is not None else None
+        key = (call.signature, *out_signature) if out_signature is not None else None
+        shapes = self._output_shapes.get(key) if key is not None else None
+        if shapes is None:
+            # Dtypes are checked on the outputs as returned, before low-precision ones are widened.
+            raw = dict(zip(self._output_names, outputs, strict=False))
+            shapes = self._shapes(self.outputs, raw, dict(call.ctx.dims))
+            if key is not None and len(self._output_shapes) < _SIGNATURES:
+                self._output_shapes[key] = shapes
+        if not shapes.holds:
+            return False
+        values = dict(call.ctx.values)
+        for name, value in zip(self._output_names, outputs, strict=False):
+            values[name] = _for_clauses(value)
+        return _conjunction(self._fast_ensures, CallContext(values, shapes.dims, shapes.batch))
+
+    @staticmethod
+    def _shapes(ports: tuple[ir.Port, ...], values: dict[str, object], dims: dict[str, int]) -> Shapes:
+        """Check the shapes and dtypes of `ports`, binding their dims into `dims` (the slow, uncached way)."""
+        holds = all(check_call_shape(port, values.get(port.name), dims) is None for port in ports)
+        return Shapes(holds, dims, _batch_size(values, ports))
 
     def violations(self, phase: str, values: dict[str, object], bound: dict[str, int]) -> list[Violation]:
         """The slow path: every violation of one phase, with samples and values."""
@@ -237,15 +268,43 @@ def _describe_value(value, node: ir.Expr) -> str:
     return summarize(value)
 
 
-def _signature(phase: str, ports, values: dict[str, object], bound: dict[str, int]) -> tuple | None:
-    """What a shape check depends on, or None when a value is not a tensor (then it is not cached)."""
-    parts: list[object] = [phase, tuple(bound.items())]
-    for port in ports:
-        value = values.get(port.name)
+_SIGNATURES = 256
+"""Call signatures whose shape verdicts a boundary keeps, per phase (a bound on memory, not a tuning knob)."""
+
+
+def _signature(names: tuple[str, ...], values: dict[str, object]) -> tuple | None:
+    """What the input shape checks depend on, or None when an input is not a tensor (then it is not cached)."""
+    if len(names) == 1:
+        value = values.get(names[0])
+        return (value.shape, value.dtype) if isinstance(value, torch.Tensor) else None
+    return _signature_of(tuple(values.get(name) for name in names))
+
+
+def _signature_of(values: tuple) -> tuple | None:
+    """Shapes and dtypes of a call's values, or None when one is not a tensor."""
+    if len(values) == 1:
+        (value,) = values
+        return (value.shape, value.dtype) if isinstance(value, torch.Tensor) else None
+    parts: list[object] = []
+    for value in values:
         if not isinstance(value, torch.Tensor):
             return None
-        parts.append((value.shape, value.dtype))
+        parts.append(value.shape)
+        parts.append(value.dtype)
     return tuple(parts)
+
+
+def _conjunction(checks: tuple[Callable[[CallContext], torch.Tensor], ...], ctx: CallContext) -> torch.Tensor | bool:
+    """All fast checks of a phase as one 0-dim bool tensor (no host sync), or False when one cannot run."""
+    if not checks:
+        return True
+    try:
+        result = checks[0](ctx)
+        for check in checks[1:]:
+            result = result & check(ctx)
+    except Exception:  # noqa: BLE001 - the slow path names the check that cannot run
+        return False
+    return result
 
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -276,27 +335,21 @@ def _batch_size(values: dict[str, torch.Tensor], ports: tuple[ir.Port, ...]) -> 
 
 
 def _range_holds(name: str, low: float, high: float) -> Mask:
+    lowest, highest = Constant(low), Constant(high)
+
     def holds(ctx: CallContext) -> torch.Tensor:
         value = ctx.values[name]
         if value.numel() == 0:
             return torch.ones((), dtype=torch.bool)
         smallest, largest = torch.aminmax(value)
         # aminmax propagates NaN, and NaN compares false: a NaN anywhere fails here.
-        return (smallest >= low) & (largest <= high)
+        return (smallest >= lowest.against(smallest)) & (largest <= highest.against(largest))
 
     return holds
 
 
 def _finite_holds(name: str) -> Mask:
-    def holds(ctx: CallContext) -> torch.Tensor:
-        value = ctx.values[name]
-        if not value.is_floating_point():
-            return torch.ones((), dtype=torch.bool)
-        # A NaN or infinity anywhere makes the sum non-finite; an overflowing sum of finite values only
-        # sends the call down the slow path, which checks element by element.
-        return torch.isfinite(value.sum())
-
-    return holds
+    return lambda ctx: all_finite(ctx.values[name])
 
 
 def _range_check(name: str, low: float, high: float) -> Mask:

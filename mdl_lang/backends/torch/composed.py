@@ -140,9 +140,12 @@ class ComposedModel(Switchable, nn.Module):
     # ------------------------------------------------------------ running
 
     def forward(self, *args, **kwargs):
-        boundary = self._boundaries.setdefault(
-            self.contract_name, Boundary(self.contract_name, self.composition, self.sources),
-        )
+        boundary = self._boundaries.get(self.contract_name)
+        if boundary is None:
+            # Built once: `setdefault` would compile a whole Boundary on every call only to drop it.
+            boundary = self._boundaries[self.contract_name] = Boundary(
+                self.contract_name, self.composition, self.sources,
+            )
         values = port_values(boundary.inputs, args, kwargs)
         inputs = tuple(values[port.name] for port in boundary.inputs if port.name in values)
         if not self._should_check():

@@ -13,10 +13,11 @@ import contextlib
 import contextvars
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
+from types import MappingProxyType
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -86,6 +87,10 @@ class Session:
     sink: list[Result]
     failed_parts: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
+    def __call__(self) -> Session:
+        """The session itself: `run_part` takes a session or a factory of one, and calls it only on a failure."""
+        return self
+
     def report(self, result: Result) -> None:
         mode = self.options.effective_mode
         if result.verdict is Verdict.FAIL and mode == "raise":
@@ -95,8 +100,7 @@ class Session:
         self.sink.append(result)
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What one part's call left behind: its outputs and the ensures that failed."""
 
     outputs: tuple[torch.Tensor, ...]
@@ -104,42 +108,50 @@ class Outcome:
     bad_input: bool
 
 
+_NO_KEYWORDS: MappingProxyType = MappingProxyType({})
+
+
 def run_part(
     boundary: Boundary,
-    call: Callable[[], object],
+    call: Callable[..., object],
     in_values: dict[str, object],
     upstream: blame.Upstream,
     path: tuple[str, ...],
-    session: Session,
+    session: Callable[[], Session],
     own_ensures: Callable[[str], Blame] | None = None,
+    args: tuple = (),
+    kwargs: Mapping[str, object] = _NO_KEYWORDS,
 ) -> tuple[object, Outcome]:
-    """Check requires, run `call`, check ensures; every failure is reported with its blame.
+    """Check requires, run `call(*args, **kwargs)`, check ensures; every failure is reported with its blame.
 
     The value checks of both phases are decided by one host sync after the
-    call; a wrong shape or dtype is caught before it. `own_ensures` decides the
-    blame of a failed ensures when the default (the part itself) does not
-    apply: a composition's ensures blames a failed part first.
+    call; a wrong shape or dtype is caught before it. `session` is a Session
+    or a factory of one, called only when something is reported, so that a
+    passing call allocates none. `own_ensures` decides the blame of a failed
+    ensures when the default (the part itself) does not apply: a
+    composition's ensures blames a failed part first.
     """
-    bound: dict[str, int] = {}
-    before_holds = boundary.fast("requires", in_values, bound)
+    fast = boundary.fast_requires(in_values)
+    before_holds = fast.holds
     if before_holds is False:
+        session = session()
         before = boundary.violations("requires", in_values, {})
         _report_requires(boundary, before, upstream, path, session, in_values)
     try:
-        raw = call()
+        raw = call(*args, **kwargs)
     except Exception:
-        if before_holds is not False and not _decided(before_holds):
+        if before_holds is not False and not _decided(before_holds, True):
             # The module failed on input that broke its requires: that is the report.
-            _report_requires(boundary, boundary.violations("requires", in_values, {}), upstream, path, session,
+            _report_requires(boundary, boundary.violations("requires", in_values, {}), upstream, path, session(),
                              in_values)
         raise
     outputs = _as_tuple(raw)
+    if before_holds is not False and _decided(before_holds, boundary.fast_ensures(fast, outputs)):
+        return raw, Outcome(outputs, (), False)
+    session = session()
     # An ensures may speak of the inputs too (`y == x / 255`).
     values = dict(in_values)
     values.update(zip((p.name for p in boundary.outputs), outputs, strict=False))
-    after_holds = boundary.fast("ensures", values, bound)
-    if before_holds is not False and _decided(before_holds, after_holds):
-        return raw, Outcome(outputs, (), False)
     slow_bound: dict[str, int] = {}
     if before_holds is not False:
         before = boundary.violations("requires", in_values, slow_bound)
@@ -162,15 +174,13 @@ def run_part(
     return raw, Outcome(outputs, tuple(failed), bool(before))
 
 
-def _decided(*verdicts: torch.Tensor | bool) -> bool:
-    """Pass or fail of the fast checks: the one host sync of a monitored call."""
-    combined: torch.Tensor | bool = True
-    for verdict in verdicts:
-        if verdict is False:
-            return False
-        if verdict is not True:
-            combined = verdict if combined is True else combined & verdict
-    return combined is True or bool(combined)
+def _decided(before: torch.Tensor | bool, after: torch.Tensor | bool) -> bool:
+    """Pass or fail of the fast checks of both phases: the one host sync of a monitored call."""
+    if before is False or after is False:
+        return False
+    if before is True:
+        return after is True or bool(after)
+    return bool(before if after is True else before & after)
 
 
 def _report_requires(boundary: Boundary, violations, upstream, path, session: Session, in_values) -> None:
@@ -285,11 +295,15 @@ class MonitoredModule(Switchable, nn.Module):
             values = {boundary.inputs[0].name: args[0]}
         else:
             values = port_values(boundary.inputs, args, kwargs)
+        # The wrapped module from `_modules` itself: `self.module` goes through nn.Module.__getattr__.
         raw, _ = run_part(
-            boundary, partial(self.module, *args, **kwargs), values, self._caller, self._path,
-            Session(self.options, self.sources, self.reports),
+            boundary, self._modules["module"], values, self._caller, self._path, self._session, None, args, kwargs,
         )
         return raw
+
+    def _session(self) -> Session:
+        """A session for this call, made only when a check fails (a passing call needs none)."""
+        return Session(self.options, self.sources, self.reports)
 
     # The monitor is transparent for weights: its state is the wrapped module's.
     def state_dict(self, *args, **kwargs):
@@ -304,19 +318,20 @@ class MonitoredModule(Switchable, nn.Module):
         return state
 
 
-def _tracing_probes() -> tuple[Callable[[], bool], ...]:
-    compiler = getattr(torch, "compiler", None)
-    probes = [getattr(compiler, name, None) for name in ("is_exporting", "is_compiling")]
-    return (*(probe for probe in probes if probe is not None), torch.jit.is_tracing)
+def _never() -> bool:
+    return False
 
 
-# Whether torch is tracing for export or compilation (checks then stay out of the graph);
-# looked up once, since these probes run on every monitored call.
-_TRACING_PROBES = _tracing_probes()
+# Whether torch is tracing for export or compilation (checks then stay out of the graph); the probes
+# are looked up once and called directly, since they run on every monitored call.
+_compiler = getattr(torch, "compiler", None)
+_is_exporting: Callable[[], bool] = getattr(_compiler, "is_exporting", None) or _never
+_is_compiling: Callable[[], bool] = getattr(_compiler, "is_compiling", None) or _never
+_is_tracing: Callable[[], bool] = torch.jit.is_tracing
 
 
 def _tracing() -> bool:
-    return any(probe() for probe in _TRACING_PROBES)
+    return _is_exporting() or _is_compiling() or _is_tracing()
 
 
 def should_check(monitor) -> bool:
@@ -324,5 +339,6 @@ def should_check(monitor) -> bool:
     options = monitor.options
     if (_mode_override.get() or options.mode) == "off" or _tracing():
         return False
-    monitor._calls += 1
-    return options.every == 1 or (monitor._calls - 1) % options.every == 0
+    # Straight into the instance dict: nn.Module.__setattr__ would first look for a parameter of that name.
+    calls = monitor.__dict__["_calls"] = monitor._calls + 1
+    return options.every == 1 or (calls - 1) % options.every == 0

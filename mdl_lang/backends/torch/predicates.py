@@ -131,10 +131,52 @@ def _all(value: Value) -> torch.Tensor:
     return torch.tensor(bool(value))
 
 
-def _isfinite(value: Value) -> Value:
-    if isinstance(value, torch.Tensor):
-        return torch.isfinite(value) if value.is_floating_point() else torch.ones((), dtype=torch.bool)
-    return math.isfinite(value)
+def all_finite(value: Value) -> torch.Tensor:
+    """Whether no element is NaN or infinite, as a 0-dim bool tensor (no host sync); for the fast path.
+
+    `|x| < inf` is false for NaN and for infinities, so it is asked of the
+    largest magnitude (small tensors on the CPU) or of the sum, which any NaN or infinity
+    makes non-finite: two or three small operations where `isfinite` (a
+    composite of several kernels) and `all` cost twice as much. A sum of finite
+    values that overflows fails here too, and only sends the call to the slow
+    path, which checks element by element.
+    """
+    if not isinstance(value, torch.Tensor):
+        return torch.tensor(math.isfinite(value))
+    if not value.is_floating_point():
+        return torch.ones((), dtype=torch.bool, device=value.device)
+    if value.numel() <= _SMALL and value.is_cpu:
+        largest = torch.linalg.vector_norm(value, math.inf)
+        return largest < _INFINITY.against(largest)
+    total = value.sum()
+    return total.abs() < _INFINITY.against(total)
+
+
+_SMALL = 256
+"""Up to this many elements on the CPU, the largest magnitude is one `vector_norm(ord=inf)` (cheaper
+than `abs` then `amax`); beyond it that kernel is the slower. Elsewhere `abs().amax()`, as measured."""
+
+
+def _largest_magnitude(value: torch.Tensor) -> torch.Tensor:
+    """max |x| as a 0-dim tensor; NaN when any element is NaN (both ways propagate it)."""
+    if value.numel() <= _SMALL and value.is_cpu and value.is_floating_point():
+        return torch.linalg.vector_norm(value, math.inf)
+    return value.abs().amax()
+
+
+def _all_close(left: Value, right: Value, tolerance: Constant) -> torch.Tensor:
+    """Whether every element of `left - right` lies within a constant tolerance, as a 0-dim bool tensor.
+
+    The largest distance decides it: NaN if any distance is NaN, and NaN
+    compares false, as each element's test would.
+    """
+    difference = left - right
+    if not isinstance(difference, torch.Tensor):
+        return _all(_close(left, right, tolerance))
+    if difference.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=difference.device)
+    largest = _largest_magnitude(difference)
+    return largest <= tolerance.against(largest)
 
 
 def _flat(value: torch.Tensor) -> torch.Tensor:
@@ -154,29 +196,36 @@ class PredicateCompiler:
             raise UnsupportedClause(
                 f"a {clause.fragment.value} clause is checked by `mdl test`, not by a monitor"
             )
-        fast = PredicateCompiler().emit_root(clause.expr)
+        holds = PredicateCompiler().emit_root(clause.expr)
         tracer = PredicateCompiler(traced=True)
         body = tracer.emit(clause.expr)
-
-        def holds(ctx: CallContext) -> torch.Tensor:
-            return _all(fast(ctx))
 
         def mask(ctx: CallContext) -> torch.Tensor:
             return per_sample(body(ctx), ctx.batch)
 
         return CompiledClause(clause, holds, mask, dict(tracer.nodes))
 
-    def emit_root(self, expr: ir.Expr) -> Closure:
-        """The clause for the fast path: `all` over the whole batch needs no per-sample reduction first."""
+    def emit_root(self, expr: ir.Expr) -> Callable[[CallContext], torch.Tensor]:
+        """The clause for the fast path, as one verdict for the whole batch (a 0-dim bool tensor).
+
+        `all` over the whole batch needs no per-sample reduction first, and a
+        conjunction is the conjunction of its sides' verdicts.
+        """
         if isinstance(expr, ir.Logic) and expr.op == "and":
             left, right = self.emit_root(expr.left), self.emit_root(expr.right)
-            return lambda ctx: _all(left(ctx)) & _all(right(ctx))
+            return lambda ctx: left(ctx) & right(ctx)
         if isinstance(expr, ir.Call) and expr.function in ("finite", "all"):
             (argument,) = (self.emit(arg) for arg in expr.args)
             if expr.function == "finite":
-                return lambda ctx: _isfinite(argument(ctx))
-            return argument
-        return self.emit(expr)
+                return lambda ctx: all_finite(argument(ctx))
+            return lambda ctx: _all(argument(ctx))
+        tolerance = Constant.of(expr.tolerance) if isinstance(expr, ir.Compare) else None
+        if tolerance is not None and len(expr.ops) == 1 and not self._label_compare(expr):
+            # One tolerance for every sample: the largest distance decides for the whole batch.
+            pair = self._operands(*expr.operands)
+            return lambda ctx: _all_close(*pair(ctx), tolerance)
+        body = self.emit(expr)
+        return lambda ctx: _all(body(ctx))
 
     def emit(self, expr: ir.Expr) -> Closure:
         handler = getattr(self, f"emit_{type(expr).__name__}", None)
@@ -230,10 +279,38 @@ class PredicateCompiler:
     # ------------------------------------------------------------ arithmetic and logic
 
     def emit_Arith(self, expr: ir.Arith) -> Closure:
-        left, right = self.emit(expr.left), self.emit(expr.right)
         operation = ir.ARITHMETIC[expr.op]
+        # Only these take a tensor constant to the same bits: torch divides by a number as by its reciprocal.
+        if expr.op in ("+", "-", "*"):
+            operands = self._operands(expr.left, expr.right)
+            return lambda ctx: operation(*operands(ctx))
+        left, right = self.emit(expr.left), self.emit(expr.right)
         fit = aligner(expr.left, expr.right)
         return lambda ctx: operation(*fit(left(ctx), right(ctx)))
+
+    def _operands(self, left_expr: ir.Expr, right_expr: ir.Expr) -> Callable[[CallContext], tuple[Value, Value]]:
+        """Both operands of a binary operation, aligned; a number constant comes as a cached tensor.
+
+        torch wraps a Python number into a new tensor on every operation, which
+        costs more than the operation itself on small tensors; a `Constant`
+        gives the same bits (same dtype, same rounding) without that.
+        """
+        left, right = self.emit(left_expr), self.emit(right_expr)
+        constant_left, constant_right = Constant.of(left_expr), Constant.of(right_expr)
+        if constant_right is not None and constant_left is None:
+            def with_right(ctx: CallContext) -> tuple[Value, Value]:
+                value = left(ctx)
+                return value, constant_right.against(value)
+
+            return with_right
+        if constant_left is not None and constant_right is None:
+            def with_left(ctx: CallContext) -> tuple[Value, Value]:
+                value = right(ctx)
+                return constant_left.against(value), value
+
+            return with_left
+        fit = aligner(left_expr, right_expr)
+        return lambda ctx: fit(left(ctx), right(ctx))
 
     def emit_Neg(self, expr: ir.Neg) -> Closure:
         operand = self.emit(expr.operand)
@@ -252,13 +329,13 @@ class PredicateCompiler:
         return lambda ctx: ~per_sample(operand(ctx), ctx.batch)
 
     def emit_Compare(self, expr: ir.Compare) -> Closure:
+        if len(expr.ops) == 1 and not self._label_compare(expr):
+            pair = self._operands(*expr.operands)
+            (test,) = self._tests(expr)
+            return lambda ctx: test(*pair(ctx), ctx)
         operands = [self._comparable(operand, expr) for operand in expr.operands]
         aligners = [aligner(expr.operands[i], expr.operands[i + 1]) for i in range(len(expr.ops))]
-        if expr.tolerance is not None:
-            tolerance = self.emit(expr.tolerance)
-            tests = [lambda a, b, ctx: _close(a, b, tolerance(ctx)) for _ in expr.ops]
-        else:
-            tests = [_comparison(op) for op in expr.ops]
+        tests = self._tests(expr)
         if len(expr.ops) == 1:
             (left, right), (fit,), (test,) = operands, aligners, tests
             return lambda ctx: test(*fit(left(ctx), right(ctx)), ctx)
@@ -273,12 +350,28 @@ class PredicateCompiler:
 
         return chain
 
+    def _tests(self, expr: ir.Compare) -> list[Callable[[Value, Value, CallContext], Value]]:
+        """One test per comparison of a chain; `within` makes each a distance test."""
+        if expr.tolerance is None:
+            return [_comparison(op) for op in expr.ops]
+        constant = Constant.of(expr.tolerance)
+        if constant is not None:
+            return [lambda a, b, ctx: _close(a, b, constant) for _ in expr.ops]
+        tolerance = self.emit(expr.tolerance)
+        return [lambda a, b, ctx: _close(a, b, tolerance(ctx)) for _ in expr.ops]
+
+    @staticmethod
+    def _label_sets(compare: ir.Compare) -> set[ir.LabelSet]:
+        return {o.type.labels for o in compare.operands if o.type.element is ir.Element.LABEL and o.type.labels}
+
+    def _label_compare(self, compare: ir.Compare) -> bool:
+        """Whether labels of different label sets are compared (through a shared label space)."""
+        return len(self._label_sets(compare)) > 1
+
     def _comparable(self, operand: ir.Expr, compare: ir.Compare) -> Closure:
         """Label operands of different label sets are compared through a shared label space."""
         closure = self.emit(operand)
-        label_sets = {
-            o.type.labels for o in compare.operands if o.type.element is ir.Element.LABEL and o.type.labels
-        }
+        label_sets = self._label_sets(compare)
         if operand.type.element is not ir.Element.LABEL or len(label_sets) <= 1:
             return closure
         space = _label_space(label_sets)
@@ -286,14 +379,22 @@ class PredicateCompiler:
         return lambda ctx: _lookup(table, closure(ctx))
 
     def emit_InRange(self, expr: ir.InRange) -> Closure:
-        value, low, high = self.emit(expr.value), self.emit(expr.low), self.emit(expr.high)
+        value, low, high = self.emit(expr.value), self._bound(expr.low), self._bound(expr.high)
 
         def in_range(ctx: CallContext) -> Value:
             v = value(ctx)
-            lo, hi = align(low(ctx), v)[0], align(high(ctx), v)[0]
+            lo, hi = align(low(ctx, v), v)[0], align(high(ctx, v), v)[0]
             return _conjoin(_ge(v, lo), _le(v, hi))
 
         return in_range
+
+    def _bound(self, expr: ir.Expr) -> Callable[[CallContext, Value], Value]:
+        """A bound of `in [lo, hi]`, given the value it bounds (a constant bound matches its dtype)."""
+        constant = Constant.of(expr)
+        if constant is not None:
+            return lambda ctx, value: constant.against(value)
+        closure = self.emit(expr)
+        return lambda ctx, value: closure(ctx)
 
     def emit_InLabels(self, expr: ir.InLabels) -> Closure:
         value = self.emit(expr.value)
@@ -427,7 +528,7 @@ class PredicateCompiler:
         return lambda ctx: torch.clamp(as_float(value(ctx)), min=low(ctx), max=high(ctx))
 
     def call_sum(self, args, options, expr):
-        return self._reduce(args, expr, lambda flat: flat.sum(dim=1))
+        return self._reduce(args, expr, lambda flat: flat.sum(1))
 
     def call_mean(self, args, options, expr):
         return self._reduce(args, expr, lambda flat: flat.float().mean(dim=1))
@@ -517,12 +618,13 @@ def outputs_by_port(raw: object, names: tuple[str, ...]) -> dict[str, torch.Tens
 def softmax(value: torch.Tensor) -> torch.Tensor:
     """Softmax over the last axis.
 
-    torch's CPU kernel is slow for many short rows (a batch of 256 scores over
-    10 classes takes it longer than the exp formula by 3x); the formula is used there.
+    torch's CPU kernel is slow along many short rows (a batch of 256 scores
+    over 10 classes: 33 us) and fast across them: with the class axis moved
+    first it takes 6 us. The result is a view in the original layout, and a
+    sum over its classes reads it across rows too (2 us instead of 3).
     """
-    if value.device.type == "cpu" and value.dim() > 1 and value.shape[-1] <= 64 and value.numel() >= 1024:
-        exponentials = (value - value.amax(dim=-1, keepdim=True)).exp()
-        return exponentials / exponentials.sum(dim=-1, keepdim=True)
+    if value.numel() >= 1024 and value.is_cpu and value.dim() > 1 and value.shape[-1] <= 64:
+        return torch.softmax(value.movedim(-1, 0), dim=0).movedim(0, -1)
     return torch.softmax(value, dim=-1)
 
 
@@ -568,11 +670,71 @@ def _conjoin(left: Value, right: Value) -> Value:
     return torch.as_tensor(left) & torch.as_tensor(right) if not isinstance(left, torch.Tensor) else left & right
 
 
-def _close(left: Value, right: Value, tolerance: Value) -> Value:
+def _close(left: Value, right: Value, tolerance: Value | Constant) -> Value:
     difference = left - right
     if isinstance(difference, torch.Tensor):
-        return difference.abs() <= tolerance
-    return abs(difference) <= tolerance
+        distance = difference.abs()
+        return distance <= (tolerance.against(distance) if isinstance(tolerance, Constant) else tolerance)
+    return abs(difference) <= (tolerance.value if isinstance(tolerance, Constant) else tolerance)
+
+
+class Constant:
+    """A number of the spec as a 0-dim tensor, made once per dtype and device of the values it meets.
+
+    An operation between a tensor and a Python number wraps the number into a
+    fresh tensor each time, which on the small tensors of a monitor's checks
+    costs more than the operation. The cached tensor has the dtype torch gives
+    the number against that value (`torch.result_type`), so the result has the
+    same dtype and bits; where it would not (an integer out of range, the
+    half-precision floats, complex), the number itself is used, as before.
+    Only for `+ - *` and comparisons: torch divides by a number through its
+    reciprocal, so a tensor divisor would change the last bit.
+    """
+
+    __slots__ = ("_on_cpu", "_tensors", "value")
+
+    def __init__(self, value: float | int) -> None:
+        self.value = value
+        # CPU tensors by dtype alone: asking a tensor for its device builds a new object each time.
+        self._on_cpu: dict[torch.dtype, torch.Tensor | float | int] = {}
+        self._tensors: dict[tuple[torch.dtype, torch.device], torch.Tensor | float | int] = {}
+
+    @classmethod
+    def of(cls, expr: ir.Expr) -> Constant | None:
+        """The constant of a number literal (not a boolean), else None."""
+        if isinstance(expr, ir.Const) and isinstance(expr.value, (int, float)) and not isinstance(expr.value, bool):
+            return cls(expr.value)
+        return None
+
+    def against(self, other: Value) -> torch.Tensor | float | int:
+        """This number in the form to combine with `other`: a cached tensor against a tensor."""
+        if not isinstance(other, torch.Tensor):
+            return self.value
+        if other.is_cpu:
+            cached = self._on_cpu.get(other.dtype)
+            if cached is None:
+                cached = self._on_cpu[other.dtype] = self._make(other)
+            return cached
+        key = (other.dtype, other.device)
+        cached = self._tensors.get(key)
+        if cached is None:
+            cached = self._tensors[key] = self._make(other)
+        return cached
+
+    def _make(self, other: torch.Tensor) -> torch.Tensor | float | int:
+        dtype = torch.result_type(other, self.value)
+        if dtype in (torch.float32, torch.float64):
+            exact = True
+        elif dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+            # float16 and bfloat16 compute with a Python number in float32: a tensor of their own
+            # dtype would round the number first (complex is left alone likewise, untested).
+            exact = False
+        else:
+            exact = torch.iinfo(dtype).min <= self.value <= torch.iinfo(dtype).max
+        return torch.tensor(self.value, dtype=dtype, device=other.device) if exact else self.value
+
+
+_INFINITY = Constant(math.inf)
 
 
 def _ge(left: Value, right: Value) -> Value:
