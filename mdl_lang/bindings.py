@@ -61,10 +61,17 @@ def instantiate(target: str, spec_file: str | Path) -> object:
 
 
 def module_for(component: ir.Module, spec_file: str | Path) -> object:
-    """The nn.Module a module's binding makes."""
+    """The nn.Module a module's binding makes (LANGUAGE.md section 8: its factory returns one)."""
+    from torch import nn
+
     if component.binding is None:
         raise MissingBinding(f'module `{component.name}` has no `python "..."` binding')
-    return instantiate(component.binding, spec_file)
+    made = instantiate(component.binding, spec_file)
+    if not isinstance(made, nn.Module):
+        raise BindingError(
+            f'binding "{component.binding}" of `{component.name}` returned {type(made).__name__}, not an nn.Module'
+        )
+    return made
 
 
 def parts_for(spec: ir.Spec, composition: ir.Composition) -> dict[str, object]:

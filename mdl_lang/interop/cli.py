@@ -241,21 +241,17 @@ def add_export_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def run_export(args: argparse.Namespace) -> int:
-    import torch
-
     from mdl_lang.bindings import BindingError, module_for
 
     if args.onnx is None and args.vnnlib is None:
         raise UsageError("export needs --onnx OUT.onnx, --vnnlib OUT.vnnlib or both")
     if args.vnnlib is not None and args.clause is None:
         raise UsageError("--vnnlib needs --clause NAME (and --point POINT.pt for a robustness clause)")
-    spec, component = _load_module(args.paths, args.module, args.root)
+    component = _load_module(args.paths, args.module, args.root)
     try:
-        module = module_for(component, spec.file)
+        module = module_for(component, component.file)
     except BindingError as error:
         raise UsageError(str(error)) from error
-    if not isinstance(module, torch.nn.Module):
-        raise UsageError(f"the binding of `{args.module}` returned {type(module).__name__}, not an nn.Module")
     module.eval()
     point = _load_point(args.point) if args.point is not None else None
     input_shape = _input_shape(component, point)
@@ -293,6 +289,7 @@ def export_onnx(module, input_shape: tuple[int, ...], path: Path) -> None:
 
 
 def _load_module(paths: list[Path], name: str, root: Path | None):
+    """The first module named `name` in the spec files of `paths`."""
     from mdl_lang import ir
     from mdl_lang.compiler import SpecError, load
     from mdl_lang.semantics.checker import default_root, expand_paths
@@ -308,7 +305,7 @@ def _load_module(paths: list[Path], name: str, root: Path | None):
             raise UsageError(f"{file} does not check") from error
         component = spec.component(name)
         if isinstance(component, ir.Module):
-            return spec, component
+            return component
     raise UsageError(f"no module named `{name}` in {', '.join(str(p) for p in paths)}")
 
 
