@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mdl_lang.threads import one_thread
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -113,7 +115,7 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     print(f"mdl demo: writing specs and modules to {out}")
     checks = Checks()
-    with _one_thread():
+    with one_thread():
         run_steps(settings, checks)
     total = time.perf_counter() - started
     print()
@@ -122,19 +124,6 @@ def run_demo(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"demo finished in {total:.1f}s: all {len(checks.outcomes)} checks held; specs and modules in {out}")
     return EXIT_OK
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Small models train fastest on one thread, and the demo promises one core; restored afterwards."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @contextmanager

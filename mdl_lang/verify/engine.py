@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import torch
 
+from mdl_lang.threads import one_thread
 from mdl_lang.verify.attack import Reference, attack
 from mdl_lang.verify.bab import Progress, Search, bound_objective, branch_and_bound
 from mdl_lang.verify.bounds import compute_bounds, relu_sources, root_domains
@@ -41,14 +42,8 @@ def verify_query(
         query, lower=query.lower.reshape(-1).to(torch.float64), upper=query.upper.reshape(-1).to(torch.float64),
     )
     _check_shapes(network, query)
-    # The tensors here are small: intra-op threads cost more than they bring (10x slower measured on a
-    # loaded 2-core machine), so run single-threaded and restore the caller's setting after.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return _decide(network, query, timeout_s, progress, reference, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _decide(

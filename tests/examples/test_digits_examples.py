@@ -16,6 +16,7 @@ import mdl_lang
 from mdl_lang.modular import digits
 from mdl_lang.report import Result
 from mdl_lang.testing import ContractTester, TestSettings, clause_items
+from mdl_lang.threads import one_thread
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,10 +27,8 @@ def repository_and_cache(tmp_path_factory: pytest.TempPathFactory):
     patch.chdir(REPO)
     patch.setenv("MDL_CACHE_DIR", str(tmp_path_factory.mktemp("digits-cache")))
     # Small models on a shared machine: one thread trains them fastest and deterministically.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
     patch.undo()
 
 

@@ -6,8 +6,6 @@ import copy
 import io
 import json
 import pickle
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -31,6 +29,7 @@ from mdl_lang.modular.decompose_cnn import (
     position_masks,
     size_table,
 )
+from mdl_lang.threads import one_thread
 
 CLASSES = 10
 VOTE_SPEC = """\
@@ -111,17 +110,6 @@ def train(model: nn.Sequential, inputs: torch.Tensor, labels: torch.Tensor, epoc
             loss.backward()
             optimizer.step()
     return model.eval()
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Training on one thread: the same weights on every machine, and no fight with parallel test workers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from mdl_lang.bindings import module_for
 from mdl_lang.cli import main
 from mdl_lang.interop.keras_h5 import load_keras_sequential
 from mdl_lang.modular.decompose import decompose, jaccard_table
+from mdl_lang.threads import one_thread
 from tests.modular.test_decompose import voted
 
 KMNIST_INPUT = "Tensor[B, 28, 28] float32 in [0, 1 / 255]"
@@ -27,14 +28,14 @@ TARGET_POINTS = 1.0
 def kmnist():
     from examples.kmnist import fixtures
 
-    torch.set_num_threads(1)
     model = fixtures.load_model()
     inputs, labels = fixtures.test_split()
     # Even images identify the concerns, odd ones measure: 4,882 to 5,118 per half, about 500 per class each.
     identify, measure = (inputs[0::2], labels[0::2]), (inputs[1::2], labels[1::2])
-    started = time.perf_counter()
-    decomposition = decompose(model, *identify)
-    elapsed = time.perf_counter() - started
+    with one_thread():
+        started = time.perf_counter()
+        decomposition = decompose(model, *identify)
+        elapsed = time.perf_counter() - started
     return fixtures, model, identify, measure, decomposition, elapsed
 
 

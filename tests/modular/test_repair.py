@@ -28,15 +28,14 @@ from mdl_lang.modular.repair import (
 )
 from mdl_lang.report import Role, Verdict
 from mdl_lang.syntax.format import format_text
+from mdl_lang.threads import one_thread
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def single_thread():
     """Small models on a shared machine: one thread is fastest and deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

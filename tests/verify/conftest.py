@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
+from mdl_lang.threads import one_thread
+
 
 @pytest.fixture(autouse=True)
 def single_thread():
     """The tensors of these tests are small: threads only add overhead on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -32,15 +32,11 @@ def digits_mlp(digits) -> nn.Sequential:
     inputs, labels = digits
     model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # session fixtures run before the per-test `single_thread`
-    try:
+    with one_thread():  # session fixtures run before the per-test `single_thread`
         for _ in range(150):
             optimiser.zero_grad()
             nn.functional.cross_entropy(model(inputs[:1500]), labels[:1500]).backward()
             optimiser.step()
-    finally:
-        torch.set_num_threads(threads)
     accuracy = (model(inputs[1500:]).argmax(1) == labels[1500:]).float().mean()
     assert accuracy > 0.85, f"the fixture MLP did not train (accuracy {accuracy:.2f})"
     return model.eval()
