@@ -674,7 +674,11 @@ def _close(left: Value, right: Value, tolerance: Value | Constant) -> Value:
     difference = left - right
     if isinstance(difference, torch.Tensor):
         distance = difference.abs()
-        return distance <= (tolerance.against(distance) if isinstance(tolerance, Constant) else tolerance)
+        if isinstance(tolerance, Constant):
+            return distance <= tolerance.against(distance)
+        # A tolerance computed per sample (`within max(x) / 10`) has fewer axes than the distance.
+        distance, tolerance = align(distance, tolerance)
+        return distance <= tolerance
     return abs(difference) <= (tolerance.value if isinstance(tolerance, Constant) else tolerance)
 
 

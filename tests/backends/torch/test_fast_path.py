@@ -209,3 +209,29 @@ def test_softmax_matches_torch_in_the_original_layout(shape) -> None:
     assert result.shape == scores.shape
     torch.testing.assert_close(result, torch.softmax(scores, dim=-1), rtol=0, atol=1e-6)
     torch.testing.assert_close(result.sum(dim=-1), torch.ones(shape[:-1]), rtol=0, atol=1e-5)
+
+
+class _ShiftRow(nn.Module):
+    """Adds 0.05 to every element of row 1 only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shift = torch.zeros_like(x)
+        shift[1] = 0.05
+        return x + shift
+
+
+def test_a_tolerance_computed_per_sample_applies_to_each_sample(tmp_path) -> None:
+    path = tmp_path / "tolerance.mdl"
+    path.write_text("dim B : batch\ninterface Near {\n  input x: Tensor[B, 4] float32 in [0, 1]\n"
+                    "  output y: Tensor[B, 4] float32\n  ensures near: y == x within max(x) / 10\n}\n"
+                    "module near : Near\n")
+    spec = mdl_lang.load(path)
+    x = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4], [0.9, 0.9, 0.9, 0.9]])
+    exact = spec.bind("near", nn.Identity(), mode="record", replay_dir=None)
+    exact(x)
+    assert exact.reports == []
+    # Row 1 moves by 0.05 > 0.04 = max(x) / 10; a shift of row 2 by 0.05 would be within its 0.09.
+    shifted = spec.bind("near", _ShiftRow(), mode="record", replay_dir=None)
+    shifted(x)
+    [report] = shifted.reports
+    assert report.verdict.value == "fail" and report.witness.samples == (1,)
