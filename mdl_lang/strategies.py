@@ -20,6 +20,7 @@ from mdl_lang.backends.hypothesis.strategies import (
     StarvedRequires,
     UnfilteredRequires,
     UnsatisfiableRequires,
+    corners,
     inputs,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "StarvedRequires",
     "UnfilteredRequires",
     "UnsatisfiableRequires",
+    "corners",
     "find_counterexample",
     "input_plan",
     "inputs",

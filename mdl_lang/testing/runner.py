@@ -219,7 +219,15 @@ class ContractTester:
                 raise _ClauseFailed
 
         strategy = self._strategy(component, self.settings.batch)
-        self._hypothesis(property_, strategy, self.settings.max_examples, shrink=False)
+        corner = self._corners(component)
+        try:
+            if corner is not None:
+                property_(corner)
+        except _ClauseFailed:
+            pass
+        at_a_corner = found.result is not None
+        if not at_a_corner:
+            self._hypothesis(property_, strategy, self.settings.max_examples, shrink=False)
         if found.result is None:
             return self._result(item, Verdict.PASS, f"held on {self.settings.max_examples} generated batches")
         samples = found.result.witness.samples if found.result.witness is not None else ()
@@ -227,11 +235,25 @@ class ContractTester:
             names = [port.name for port in inputs]
             still_fails = _still_fails(monitored, names, failing, _requires_mask(self._boundary(component)))
             found.batch = shrink_batch(found.batch, tuple(samples), _batched_inputs(component), still_fails)
-        else:
-            # A crash or a failure of the whole batch names no sample: hypothesis shrinks it, one try at a time.
+        elif not at_a_corner:
+            # A crash or a failure of the whole batch names no sample: hypothesis shrinks it, one try at a
+            # time. (A corner batch is kept as it is: a few samples of single values, already simple.)
             found.result = None
             self._hypothesis(property_, strategy, self.settings.max_examples)
         return self._confirmed(item, found)
+
+    def _corners(self, component: ir.Component) -> dict[str, torch.Tensor] | None:
+        """The batch of range ends, zeros and midpoints, less the samples that break a requires; None if
+        it cannot be built (a shape no simple binding gives) or keeps no sample."""
+        try:
+            batch = strategies.corners(component)
+        except (ValueError, TypeError, KeyError):
+            return None
+        kept = _requires_mask(self._boundary(component))(batch)
+        if not bool(kept.any()):
+            return None
+        batched = _batched_inputs(component)
+        return {name: tensor[kept] if name in batched else tensor for name, tensor in batch.items()}
 
     def _boundary(self, component: ir.Component) -> Boundary:
         return Boundary(component.name, component, self.spec.sources)

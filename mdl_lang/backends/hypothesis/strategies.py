@@ -189,6 +189,49 @@ def inputs(
     return _batches(ports, _bindings(ports, batch, dim_range), dim_range, sample_filter)
 
 
+def corners(target: ir.Component | ir.Spec, name: str | None = None, *, dim_range: tuple[int, int] = (1, 6)) -> Example:
+    """One batch of the simplest inputs, to try before any search: per sample, every element of each
+    input at one value: its range's low end, its high end, the value nearest zero, the midpoint.
+
+    Faults sit at such values (a row of zeros, a saturated input) more often than between them,
+    and one batch checks them all in one call. Symbolic dims take their smallest sizes that keep
+    every derived dim positive; `_` and `...` take `dim_range`'s low end and no axes. The batch
+    may break a filtering requires: the caller drops those samples, as it does for drawn ones.
+    """
+    component = _component(target, name)
+    _check_range("dim_range", dim_range)
+    ports = tuple(_port_draw(port, nonfinite=False) for port in input_plan(component).ports)
+    levels = [_corner_levels(port) for port in ports]
+    count = max(len(values) for values in levels)
+    names = sorted({name for port in ports for dim in port.dims for name in _dim_names(dim)} - {BATCH})
+    derived = {dim for port in ports for dim in port.dims if isinstance(dim, ir.DimBinary)}
+    ranges = {name: dim_range for name in names}
+    constrained = sorted({name for dim in derived for name in _dim_names(dim)} - {BATCH})
+    binding = {name: dim_range[0] for name in names}
+    if constrained:
+        binding.update(_positive_bindings(constrained, ranges, {d for d in derived if BATCH not in _dim_names(d)})[0])
+    binding[BATCH] = count
+    example = {}
+    for port, values in zip(ports, levels, strict=True):
+        shape = tuple(dim_range[0] if isinstance(dim, ir.DimAny) else _dim_size(dim, binding)
+                      for dim in port.dims if not isinstance(dim, ir.DimEllipsis))
+        tensor = torch.tensor(values, dtype=port.source).to(port.dtype)
+        if port.batched:
+            tensor = tensor[torch.arange(count) % len(values)]
+            example[port.name] = tensor.view(count, *([1] * (len(shape) - 1))).expand(shape).clone()
+        else:
+            example[port.name] = tensor[0].expand(shape).clone()
+    return example
+
+
+def _corner_levels(port: _PortDraw) -> list[float]:
+    """The range's ends, its value nearest zero and its midpoint, each once, nearest zero first."""
+    nearest_zero = min(max(0, port.low), port.high)
+    middle = (port.low + port.high) / 2
+    values = [nearest_zero, port.low, port.high, round(middle) if port.integer else middle]
+    return list(dict.fromkeys(values))
+
+
 def _component(target: ir.Component | ir.Spec, name: str | None) -> ir.Component:
     """The component a call to `inputs` names, either given directly or by name in a spec."""
     if not isinstance(target, ir.Spec):

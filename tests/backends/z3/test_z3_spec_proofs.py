@@ -116,8 +116,12 @@ def test_known_facts_about_softmax_still_prove(check: Check) -> None:
 def test_a_timeout_is_unknown_never_proved(check: Check) -> None:
     hard = pipe_spec("z == x * x * x - x * x", "z * z * z <= 0.3", width=6, left_range="in [-3, 3]")
     result = check(hard, timeout_ms=1)
-    assert pipe_verdicts(result) == [Verdict.UNKNOWN]
-    assert "timeout" in result.diagnostics[0].message
+    # The claim is false: within 1 ms Z3 almost always gives up (unknown, saying why); on a rare
+    # fast run it refutes it. It must never call it proved.
+    [verdict] = pipe_verdicts(result)
+    assert verdict in (Verdict.UNKNOWN, Verdict.FAIL)
+    if verdict is Verdict.UNKNOWN:
+        assert any("timeout" in diagnostic.message for diagnostic in result.diagnostics)
 
 
 def test_identical_compositions_cost_one_query(check: Check) -> None:
