@@ -45,12 +45,38 @@ def replay(path: Path, spec_path: Path | None = None) -> ReplayOutcome:
         raise ReplayError(f"cannot load the spec {spec_file}: {error}") from error
     name = saved["component"]
     model = _bound(spec, name)
-    ports = spec.component(name).interface.inputs
+    component = spec.component(name)
+    ports = component.interface.inputs
+    clause = next((c for c in component.all_clauses if c.name == saved["clause"]), None)
+    if clause is not None and clause.fragment is ir.Fragment.RELATIONAL:
+        return _replay_relational(clause, model, saved, component)
     model(*(saved["inputs"][port.name] for port in ports))
     failures = [r for r in model.reports if r.verdict is Verdict.FAIL and r.clause == saved["clause"]]
     if not failures:
         return ReplayOutcome(False, f"`{saved['clause']}` of `{name}` now holds on the saved inputs")
     return ReplayOutcome(True, render_result(failures[0], spec.sources))
+
+
+def _replay_relational(clause: ir.Clause, model, saved: dict, component: ir.Component) -> ReplayOutcome:
+    """A relational clause is not the monitor's: it is checked again at the saved inputs, its balls
+    searched afresh (seed 0) from them, as `mdl test` does; a counterexample is confirmed before it counts."""
+    import torch
+
+    from mdl_lang.backends.torch.monitor import monitor_mode
+    from mdl_lang.backends.torch.relational import check_relational
+
+    def call(*args):
+        with monitor_mode("off"):
+            return model(*args)
+
+    inputs = {port.name: saved["inputs"][port.name] for port in component.interface.inputs}
+    verdict = check_relational(clause, call, inputs, component.interface.ports,
+                               generator=torch.Generator().manual_seed(0), first_only=True)
+    where = f"`{clause.name}` of `{component.name}`"
+    if not verdict.failing:
+        return ReplayOutcome(False, f"{where} now holds on the saved inputs: {verdict.reason}")
+    values = "\n".join(f"  {expression} = {value}" for expression, value in verdict.values)
+    return ReplayOutcome(True, f"{where} fails again on the saved inputs (a confirmed counterexample):\n{values}")
 
 
 def _bound(spec, name: str):

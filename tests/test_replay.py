@@ -107,3 +107,18 @@ def test_mdl_replay_without_a_binding_explains_the_one_liner(project, capsys):
     assert main(["replay", replay]) == 2
     err = capsys.readouterr().err
     assert "no `python \"...\"` binding" in err and "spec.bind(" in err
+
+
+def test_a_relational_counterexample_from_mdl_test_replays(tmp_path, capsys):
+    from pathlib import Path
+
+    from mdl_lang.testing import ContractTester, TestSettings
+
+    faults = Path(__file__).parent / "testing" / "faults.mdl"
+    spec = mdl_lang.load(faults)
+    tester = ContractTester(spec, TestSettings(replay_dir=tmp_path))
+    [result] = [r for r in tester.run("brittle") if r.clause == "robust"]
+    assert result.verdict.value == "fail" and result.witness.replay
+    assert main(["replay", result.witness.replay, "--spec", str(faults)]) == 1
+    out = capsys.readouterr().out
+    assert "`robust` of `brittle` fails again" in out and "distance" in out

@@ -132,6 +132,9 @@ def test_verdicts_exit_code_and_replay_file(spec_file: Path, tmp_path: Path, cap
     with torch.no_grad():
         assert float(tiny_factories.tiny()(point)[0, 0]) > 0.99
     assert "not linear" in next(r for r in report["results"] if r["clause"] == "square")["message"]
+    # The counterexample replays through the monitor: `mdl replay` finds the failure again.
+    assert main(["replay", failed["witness"]["replay"], "--spec", str(spec_file)]) == 1
+    assert "too_tight" in capsys.readouterr().out
 
 
 def test_output_type_range_or_tolerance_and_requires(spec_file: Path, tmp_path: Path, capsys) -> None:
