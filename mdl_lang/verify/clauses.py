@@ -48,9 +48,11 @@ class InputRegion:
 
 @dataclass(frozen=True)
 class Robustness:
-    """A robustness clause: the L-infinity radius around each point."""
+    """A robustness clause: the L-infinity radius around each point, and the premise about the point
+    (`max(y) >= 0.9 implies forall ...`) under which it is promised, if any."""
 
     radius: float
+    premise: ir.Expr | None = None
 
 
 Unsafe = tuple[tuple[LinearConstraint, ...], ...]
@@ -148,8 +150,11 @@ def _holds(form: Form, strict: bool) -> list[LinearConstraint]:
 
 
 def robustness(clause: ir.Clause, input_port: str, output_port: str) -> Robustness | None:
-    """The radius when `clause` is `forall x2 within EPS of x (linf): argmax(self(x2)) == argmax(y)`."""
-    expr = clause.expr
+    """The radius when `clause` is `forall x2 within EPS of x (linf): argmax(self(x2)) == argmax(y)`, maybe
+    behind a premise (`P implies forall ...`): P speaks of the point alone, so it is evaluated there."""
+    expr, premise = clause.expr, None
+    if isinstance(expr, ir.Logic) and expr.op == "implies" and isinstance(expr.right, ir.BallQuantifier):
+        premise, expr = expr.left, expr.right
     if not isinstance(expr, ir.BallQuantifier):
         return None
     if expr.norm != "linf":
@@ -165,7 +170,7 @@ def robustness(clause: ir.Clause, input_port: str, output_port: str) -> Robustne
     radius = _constant(expr.radius)
     if radius < 0:
         raise Untranslatable(f"negative radius {radius}")
-    return Robustness(radius)
+    return Robustness(radius, premise)
 
 
 def _argmax_side(operand: ir.Expr, var: str, output_port: str) -> str | None:

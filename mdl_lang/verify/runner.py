@@ -21,6 +21,7 @@ from mdl_lang.report import Result, Verdict, Witness
 from mdl_lang.span import NO_SPAN
 from mdl_lang.verify.clauses import (
     InputRegion,
+    Robustness,
     Untranslatable,
     ensures_unsafe,
     input_region,
@@ -110,9 +111,9 @@ class _ClauseChecker:
             return [_result(self.name, clause, Verdict.SKIP,
                             f"not a verification clause ({clause.fragment.value}): `mdl test` checks it")]
         try:
-            radius = robustness(clause, self.input_port.name, self.output_port.name)
-            if radius is not None:
-                return self._robustness(clause, radius.radius)
+            promise = robustness(clause, self.input_port.name, self.output_port.name)
+            if promise is not None:
+                return self._robustness(clause, promise)
             if isinstance(clause.expr, ir.Call) and clause.expr.function == "finite":
                 return [self._finite(clause)]
             network = self.networks.get(argmax=False).network
@@ -150,18 +151,25 @@ class _ClauseChecker:
                            "finite outputs)")
         return _result(self.name, clause, Verdict.UNKNOWN, "unknown: the input region is unbounded")
 
-    def _robustness(self, clause: ir.Clause, radius: float) -> list[Result]:
+    def _robustness(self, clause: ir.Clause, promise: Robustness) -> list[Result]:
         extraction = self.networks.get(argmax=True)
         points = self._points(clause)
         if points is None:
             return [_result(self.name, clause, Verdict.UNKNOWN,
                             "unknown: no points to verify robustness at: pass --points FILE.pt or declare a "
                             "`data` set with a binding")]
+        radius = promise.radius
         classes = extraction.network.size(extraction.network.output)
-        labels = self.networks.reference(points.reshape(-1, *self.networks.input_shape)).reshape(
-            points.shape[0], -1).argmax(dim=1)
+        outputs = self.networks.reference(points.reshape(-1, *self.networks.input_shape)).reshape(points.shape[0], -1)
+        labels = outputs.argmax(dim=1)
+        promised = self._premise_holds(promise.premise, points, outputs)
         results = []
         for index in range(points.shape[0]):
+            if not bool(promised[index]):
+                results.append(_result(self.name, clause, Verdict.PASS,
+                                       f"point {index}: holds: the premise is false at the point (evaluated "
+                                       "there in float32, as the monitor evaluates it)", samples=(index,)))
+                continue
             label = int(labels[index])
             query = robustness_query(radius, points[index], label, classes, self.region,
                                      f"{clause.name}[point {index}] eps={radius:g}")
@@ -171,6 +179,20 @@ class _ClauseChecker:
                 continue
             results.append(self._decide(clause, query, argmax=True, sample=index))
         return results
+
+    def _premise_holds(self, premise: ir.Expr | None, points: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """Per point, whether the clause's premise holds there: the monitor's own evaluation of it."""
+        if premise is None:
+            return torch.ones(points.shape[0], dtype=torch.bool)
+        from mdl_lang.backends.torch.predicates import CallContext, PredicateCompiler, UnsupportedClause, per_sample
+
+        inputs = points.to(torch.float32).reshape(-1, *self.networks.input_shape)
+        values = {self.input_port.name: inputs, self.output_port.name: outputs.to(torch.float32)}
+        try:
+            holds = PredicateCompiler().emit(premise)(CallContext(values, {}, points.shape[0]))
+            return per_sample(holds, points.shape[0]).cpu()
+        except (UnsupportedClause, RuntimeError, KeyError) as error:
+            raise Untranslatable(f"the premise cannot be evaluated at the points: {error}") from error
 
     def _points(self, clause: ir.Clause) -> torch.Tensor | None:
         points = self.settings.points

@@ -93,6 +93,12 @@ module clf : Three {
   ensures probabilities: y[0] <= 1
 }
 
+module guarded : Three {
+  python "tiny_factories:classifier"
+  ensures confident: max(y) >= 0.4 implies forall x2 within 0.25 of x (linf): argmax(self(x2)) == argmax(y)
+  ensures bare: forall x2 within 0.25 of x (linf): argmax(self(x2)) == argmax(y)
+}
+
 module curved : Scalar {
   python "tiny_factories:smooth"
   ensures bounded: y[0] <= 1
@@ -187,3 +193,17 @@ def test_usage_errors_exit_2(spec_file: Path, tmp_path: Path, capsys) -> None:
     assert main(["verify", str(spec_file), "--module", "net", "--points", str(tmp_path / "missing.pt")]) == 2
     assert main(["verify", str(spec_file), "--module", "net", "--timeout", "0"]) == 2
     assert "--timeout" in capsys.readouterr().err
+
+
+def test_a_premise_about_the_point_is_evaluated_there(spec_file: Path, tmp_path: Path, capsys) -> None:
+    # At (0.9, 0.1) the top score is 0.50: the premise holds and the ball is verified. At (0.4, 0.6) and
+    # (0.45, 0.55) it is 0.36 and 0.37: the clause holds there whatever the ball, though `bare` breaks at (0.4, 0.6).
+    status = main(["verify", str(spec_file), "--module", "guarded", "--format", "json", "--replay-dir", str(tmp_path)])
+    results = _json(capsys)["results"]
+    confident = [r for r in results if r["clause"] == "confident"]
+    bare = [r for r in results if r["clause"] == "bare"]
+    assert [r["verdict"] for r in confident] == ["pass", "pass", "pass"]
+    assert "proved" in confident[0]["message"]
+    assert all("premise is false" in r["message"] for r in confident[1:])
+    assert [r["verdict"] for r in bare][:2] == ["pass", "fail"]
+    assert status == 1
