@@ -1,8 +1,9 @@
 """One component's contract compiled for the monitor: what is checked before and after a call.
 
-The fast path of a phase evaluates every check to a per-sample mask, stacks
-them and syncs once to learn pass or fail. Only on failure does the slow
-path find which checks failed, on which samples, and with what values.
+The fast path of a call reduces every check of both phases to whole-batch
+statistics and syncs once, after the module has run, to learn pass or fail
+(`readings.py`). Only on failure does the slow path find which checks
+failed, on which samples, and with what values.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import NamedTuple
 import torch
 
 from mdl_lang import ir
-from mdl_lang.backends.torch.predicates import CallContext, Constant, PredicateCompiler, UnsupportedClause, all_finite
+from mdl_lang.backends.torch.constants import Constant
+from mdl_lang.backends.torch.predicates import CallContext, PredicateCompiler, UnsupportedClause
+from mdl_lang.backends.torch.readings import RangeReader, Reader, Readings, read_finite
 from mdl_lang.backends.torch.refinements import check_call_shape, finite_mask, range_mask, summarize
 from mdl_lang.diagnostics import SourceMap
 from mdl_lang.span import Span
@@ -26,15 +29,16 @@ Mask = Callable[[CallContext], torch.Tensor]
 class Check:
     """A per-sample check: a clause, or a port refinement (`x in [0, 1]`, `finite`).
 
-    `holds` is the fast whole-batch test, `mask` the per-sample one of the slow
-    path; `implied` marks a check another check of the fast path already covers.
+    `read` leaves the fast path's whole-batch statistics, `mask` is the
+    per-sample test of the slow path; `implied` marks a check another check of
+    the fast path already covers.
     """
 
     name: str
     kind: str
     fragment: str
     span: Span
-    holds: Mask
+    read: Reader
     mask: Mask
     clause: ir.Clause | None = None
     nodes: dict[int, ir.Expr] = field(default_factory=dict)
@@ -65,13 +69,13 @@ class Shapes(NamedTuple):
 
 class FastCall(NamedTuple):
     """The fast requires of one call, kept for its ensures: the context the checks read, the input
-    signature (None when an input is not a tensor, then nothing is cached) and the requires verdict:
-    a 0-dim bool tensor not yet synced, True, or False for a wrong call (shape, dtype, a check that raised).
+    signature (None when an input is not a tensor, then nothing is cached) and the readings, not yet
+    synced, that the ensures add to; None for a wrong call (shape, dtype, a check that raised).
     """
 
     ctx: CallContext
     signature: tuple | None
-    holds: torch.Tensor | bool
+    readings: Readings | None
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,8 @@ class Boundary:
         self.requires.sort(key=_report_order)
         self.ensures.sort(key=_report_order)
         # The fast path runs flat tuples of closures: no per-call dict or dataclass work.
-        self._fast_requires = tuple(check.holds for check in self.requires if not check.implied)
-        self._fast_ensures = tuple(check.holds for check in self.ensures if not check.implied)
+        self._fast_requires = tuple(check.read for check in self.requires if not check.implied)
+        self._fast_ensures = tuple(check.read for check in self.ensures if not check.implied)
         self._input_names = tuple(port.name for port in self.inputs)
         self._output_names = tuple(port.name for port in self.outputs)
         # Shape and dtype verdicts by call signature (input shapes and dtypes; then with the outputs').
@@ -119,13 +123,13 @@ class Boundary:
             bounded = tensor.value_range is not None and all(abs(b) != float("inf") for b in tensor.value_range)
             if tensor.finite:
                 # A finite range already rejects NaN and infinities on the fast path.
-                checks.append(Check(f"finite({name})", kind, "per-sample", port.span, _finite_holds(name),
+                checks.append(Check(f"finite({name})", kind, "per-sample", port.span, _finite_read(name),
                                     _finite_check(name), implied=bounded))
             if tensor.value_range is not None:
                 low, high = tensor.value_range
                 checks.append(Check(
                     f"{name} in [{_number(low)}, {_number(high)}]", kind, "per-sample", port.span,
-                    _range_holds(name, low, high), _range_check(name, low, high),
+                    _range_read(name, low, high), _range_check(name, low, high),
                 ))
         return checks
 
@@ -138,7 +142,7 @@ class Boundary:
         except RecursionError:
             self.skipped.append(Skipped(clause, "nested too deeply for the monitor to compile"))
             return None
-        return Check(clause.name, clause.kind, clause.fragment.value, clause.span, compiled.holds, compiled.mask,
+        return Check(clause.name, clause.kind, clause.fragment.value, clause.span, compiled.read, compiled.mask,
                      clause, compiled.nodes)
 
     # ------------------------------------------------------------ checking
@@ -148,7 +152,7 @@ class Boundary:
 
     def fast_requires(self, values: dict[str, object]) -> FastCall:
         """The fast path of the requires: shapes and dtypes decided in Python (cached per call signature),
-        values only on the device, to one 0-dim bool tensor that is not synced yet.
+        values reduced on the device to readings that are not synced yet.
         """
         signature = _signature(self._input_names, values)
         shapes = self._input_shapes.get(signature) if signature is not None else None
@@ -158,13 +162,14 @@ class Boundary:
                 self._input_shapes[signature] = shapes
         ctx = CallContext(_clause_values(values), shapes.dims, shapes.batch)
         if not shapes.holds:
-            return FastCall(ctx, signature, False)
-        return FastCall(ctx, signature, _conjunction(self._fast_requires, ctx))
+            return FastCall(ctx, signature, None)
+        readings = Readings()
+        return FastCall(ctx, signature, readings if _read_all(self._fast_requires, ctx, readings) else None)
 
-    def fast_ensures(self, call: FastCall, outputs: tuple) -> torch.Tensor | bool:
+    def fast_ensures(self, call: FastCall, outputs: tuple) -> bool:
         """The fast path of the ensures, after the requires of the same call; an ensures may read the inputs too.
 
-        Returns a 0-dim bool tensor (not synced), True, or False for a wrong call.
+        Adds to the requires' readings; False for a wrong call (shape, dtype, a check that raised).
         """
         out_signature = _signature_of(outputs) if call.signature is not None else None
         key = (call.signature, *out_signature) if out_signature is not None else None
@@ -180,7 +185,7 @@ class Boundary:
         values = dict(call.ctx.values)
         for name, value in zip(self._output_names, outputs, strict=False):
             values[name] = _for_clauses(value)
-        return _conjunction(self._fast_ensures, CallContext(values, shapes.dims, shapes.batch))
+        return _read_all(self._fast_ensures, CallContext(values, shapes.dims, shapes.batch), call.readings)
 
     @staticmethod
     def _shapes(ports: tuple[ir.Port, ...], values: dict[str, object], dims: dict[str, int]) -> Shapes:
@@ -294,17 +299,14 @@ def _signature_of(values: tuple) -> tuple | None:
     return tuple(parts)
 
 
-def _conjunction(checks: tuple[Callable[[CallContext], torch.Tensor], ...], ctx: CallContext) -> torch.Tensor | bool:
-    """All fast checks of a phase as one 0-dim bool tensor (no host sync), or False when one cannot run."""
-    if not checks:
-        return True
+def _read_all(checks: tuple[Reader, ...], ctx: CallContext, readings: Readings) -> bool:
+    """Leave every fast check's statistics in `readings`; False when one cannot run."""
     try:
-        result = checks[0](ctx)
-        for check in checks[1:]:
-            result = result & check(ctx)
+        for check in checks:
+            check(ctx, readings)
     except Exception:  # noqa: BLE001 - the slow path names the check that cannot run
         return False
-    return result
+    return True
 
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -334,22 +336,13 @@ def _batch_size(values: dict[str, torch.Tensor], ports: tuple[ir.Port, ...]) -> 
     return 1
 
 
-def _range_holds(name: str, low: float, high: float) -> Mask:
-    lowest, highest = Constant(low), Constant(high)
-
-    def holds(ctx: CallContext) -> torch.Tensor:
-        value = ctx.values[name]
-        if value.numel() == 0:
-            return torch.ones((), dtype=torch.bool)
-        smallest, largest = torch.aminmax(value)
-        # aminmax propagates NaN, and NaN compares false: a NaN anywhere fails here.
-        return (smallest >= lowest.against(smallest)) & (largest <= highest.against(largest))
-
-    return holds
+def _range_read(name: str, low: float, high: float) -> Reader:
+    in_range = RangeReader(Constant(low), Constant(high))
+    return lambda ctx, readings: in_range.read(ctx.values[name], readings)
 
 
-def _finite_holds(name: str) -> Mask:
-    return lambda ctx: all_finite(ctx.values[name])
+def _finite_read(name: str) -> Reader:
+    return lambda ctx, readings: read_finite(ctx.values[name], readings)
 
 
 def _range_check(name: str, low: float, high: float) -> Mask:

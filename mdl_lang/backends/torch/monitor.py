@@ -132,28 +132,28 @@ def run_part(
     composition's ensures blames a failed part first.
     """
     fast = boundary.fast_requires(in_values)
-    before_holds = fast.holds
-    if before_holds is False:
+    readings = fast.readings
+    if readings is None:
         session = session()
         before = boundary.violations("requires", in_values, {})
         _report_requires(boundary, before, upstream, path, session, in_values)
     try:
         raw = call(*args, **kwargs)
     except Exception:
-        if before_holds is not False and not _decided(before_holds, True):
+        if readings is not None and not readings.holds():
             # The module failed on input that broke its requires: that is the report.
             _report_requires(boundary, boundary.violations("requires", in_values, {}), upstream, path, session(),
                              in_values)
         raise
     outputs = _as_tuple(raw)
-    if before_holds is not False and _decided(before_holds, boundary.fast_ensures(fast, outputs)):
+    if readings is not None and boundary.fast_ensures(fast, outputs) and readings.holds():
         return raw, Outcome(outputs, (), False)
     session = session()
     # An ensures may speak of the inputs too (`y == x / 255`).
     values = dict(in_values)
     values.update(zip((p.name for p in boundary.outputs), outputs, strict=False))
     slow_bound: dict[str, int] = {}
-    if before_holds is not False:
+    if readings is not None:
         before = boundary.violations("requires", in_values, slow_bound)
         _report_requires(boundary, before, upstream, path, session, in_values)
     else:
@@ -172,15 +172,6 @@ def run_part(
     if failed or before:
         session.failed_parts.append((boundary.name, path))
     return raw, Outcome(outputs, tuple(failed), bool(before))
-
-
-def _decided(before: torch.Tensor | bool, after: torch.Tensor | bool) -> bool:
-    """Pass or fail of the fast checks of both phases: the one host sync of a monitored call."""
-    if before is False or after is False:
-        return False
-    if before is True:
-        return after is True or bool(after)
-    return bool(before if after is True else before & after)
 
 
 def _report_requires(boundary: Boundary, violations, upstream, path, session: Session, in_values) -> None:

@@ -16,16 +16,23 @@ in the label set of their static type.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from mdl_lang import ir
-from mdl_lang.backends.torch.refinements import dim_size
-
-Value = torch.Tensor | float | int | bool
+from mdl_lang.backends.torch.constants import Constant, Value
+from mdl_lang.backends.torch.readings import (
+    BoundReader,
+    CloseReader,
+    NearReader,
+    RangeReader,
+    Reader,
+    Readings,
+    read_finite,
+)
+from mdl_lang.backends.torch.refinements import dim_size, sample_rows
 
 
 @dataclass(slots=True)
@@ -54,13 +61,14 @@ class UnsupportedClause(Exception):
 class CompiledClause:
     """A clause ready to run.
 
-    `holds(ctx)` is the fast path: one bool tensor, True when every sample keeps
-    the clause. `mask(ctx)` is True per sample that keeps it, and records every
-    sub-expression's value in `ctx.trace` when one is given (the slow path).
+    `read(ctx, readings)` is the fast path: it leaves whole-batch statistics in
+    `readings`, which hold when every sample keeps the clause. `mask(ctx)` is
+    True per sample that keeps it, and records every sub-expression's value in
+    `ctx.trace` when one is given (the slow path).
     """
 
     clause: ir.Clause
-    holds: Callable[[CallContext], torch.Tensor]
+    read: Reader
     mask: Callable[[CallContext], torch.Tensor]
     nodes: dict[int, ir.Expr] = field(default_factory=dict)
 
@@ -121,7 +129,7 @@ def per_sample(value: Value, batch: int) -> torch.Tensor:
         return value.expand(batch)
     if value.dim() == 1:
         return value
-    return value.reshape(value.shape[0], -1).all(dim=1)
+    return sample_rows(value).all(dim=1)
 
 
 def _all(value: Value) -> torch.Tensor:
@@ -131,56 +139,16 @@ def _all(value: Value) -> torch.Tensor:
     return torch.tensor(bool(value))
 
 
-def all_finite(value: Value) -> torch.Tensor:
-    """Whether no element is NaN or infinite, as a 0-dim bool tensor (no host sync); for the fast path.
-
-    `|x| < inf` is false for NaN and for infinities, so it is asked of the
-    largest magnitude (small tensors on the CPU) or of the sum, which any NaN or infinity
-    makes non-finite: two or three small operations where `isfinite` (a
-    composite of several kernels) and `all` cost twice as much. A sum of finite
-    values that overflows fails here too, and only sends the call to the slow
-    path, which checks element by element.
-    """
-    if not isinstance(value, torch.Tensor):
-        return torch.tensor(math.isfinite(value))
-    if not value.is_floating_point():
-        return torch.ones((), dtype=torch.bool, device=value.device)
-    if value.numel() <= _SMALL and value.is_cpu:
-        largest = torch.linalg.vector_norm(value, math.inf)
-        return largest < _INFINITY.against(largest)
-    total = value.sum()
-    return total.abs() < _INFINITY.against(total)
+_MIRRORED = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+"""`c < x` is `x > c`: the comparisons a constant on the left turns around."""
 
 
-_SMALL = 256
-"""Up to this many elements on the CPU, the largest magnitude is one `vector_norm(ord=inf)` (cheaper
-than `abs` then `amax`); beyond it that kernel is the slower. Elsewhere `abs().amax()`, as measured."""
-
-
-def _largest_magnitude(value: torch.Tensor) -> torch.Tensor:
-    """max |x| as a 0-dim tensor; NaN when any element is NaN (both ways propagate it)."""
-    if value.numel() <= _SMALL and value.is_cpu and value.is_floating_point():
-        return torch.linalg.vector_norm(value, math.inf)
-    return value.abs().amax()
-
-
-def _all_close(left: Value, right: Value, tolerance: Constant) -> torch.Tensor:
-    """Whether every element of `left - right` lies within a constant tolerance, as a 0-dim bool tensor.
-
-    The largest distance decides it: NaN if any distance is NaN, and NaN
-    compares false, as each element's test would.
-    """
-    difference = left - right
-    if not isinstance(difference, torch.Tensor):
-        return _all(_close(left, right, tolerance))
-    if difference.numel() == 0:
-        return torch.ones((), dtype=torch.bool, device=difference.device)
-    largest = _largest_magnitude(difference)
-    return largest <= tolerance.against(largest)
+def _numeric(expr: ir.Expr) -> bool:
+    return expr.type.element in (ir.Element.REAL, ir.Element.INT)
 
 
 def _flat(value: torch.Tensor) -> torch.Tensor:
-    return value.reshape(value.shape[0], -1)
+    return sample_rows(value)
 
 
 class PredicateCompiler:
@@ -196,36 +164,69 @@ class PredicateCompiler:
             raise UnsupportedClause(
                 f"a {clause.fragment.value} clause is checked by `mdl test`, not by a monitor"
             )
-        holds = PredicateCompiler().emit_root(clause.expr)
+        read = PredicateCompiler().emit_root(clause.expr)
         tracer = PredicateCompiler(traced=True)
         body = tracer.emit(clause.expr)
 
         def mask(ctx: CallContext) -> torch.Tensor:
             return per_sample(body(ctx), ctx.batch)
 
-        return CompiledClause(clause, holds, mask, dict(tracer.nodes))
+        return CompiledClause(clause, read, mask, dict(tracer.nodes))
 
-    def emit_root(self, expr: ir.Expr) -> Callable[[CallContext], torch.Tensor]:
-        """The clause for the fast path, as one verdict for the whole batch (a 0-dim bool tensor).
+    def emit_root(self, expr: ir.Expr) -> Reader:
+        """The clause for the fast path: whole-batch statistics, no per-sample reduction.
 
-        `all` over the whole batch needs no per-sample reduction first, and a
-        conjunction is the conjunction of its sides' verdicts.
+        `all` over the whole batch needs no per-sample verdicts first, and a
+        conjunction holds when both sides do. A comparison with a number is
+        decided by the batch's largest or smallest value, a tolerance by the
+        largest distance; anything else by `all` of its elements.
         """
         if isinstance(expr, ir.Logic) and expr.op == "and":
             left, right = self.emit_root(expr.left), self.emit_root(expr.right)
-            return lambda ctx: left(ctx) & right(ctx)
+
+            def both(ctx: CallContext, readings: Readings) -> None:
+                left(ctx, readings)
+                right(ctx, readings)
+
+            return both
         if isinstance(expr, ir.Call) and expr.function in ("finite", "all"):
             (argument,) = (self.emit(arg) for arg in expr.args)
             if expr.function == "finite":
-                return lambda ctx: all_finite(argument(ctx))
-            return lambda ctx: _all(argument(ctx))
-        tolerance = Constant.of(expr.tolerance) if isinstance(expr, ir.Compare) else None
-        if tolerance is not None and len(expr.ops) == 1 and not self._label_compare(expr):
-            # One tolerance for every sample: the largest distance decides for the whole batch.
-            pair = self._operands(*expr.operands)
-            return lambda ctx: _all_close(*pair(ctx), tolerance)
+                return lambda ctx, readings: read_finite(argument(ctx), readings)
+            return lambda ctx, readings: readings.add_verdict(_all(argument(ctx)))
+        reader = self._extreme_reader(expr)
+        if reader is not None:
+            return reader
         body = self.emit(expr)
-        return lambda ctx: _all(body(ctx))
+        return lambda ctx, readings: readings.add_verdict(_all(body(ctx)))
+
+    def _extreme_reader(self, expr: ir.Expr) -> Reader | None:
+        """A comparison with constant numbers, read from extremes or the largest distance; None for other clauses."""
+        if isinstance(expr, ir.InRange):
+            low, high = Constant.of(expr.low), Constant.of(expr.high)
+            if low is None or high is None or not _numeric(expr.value):
+                return None
+            value, in_range = self.emit(expr.value), RangeReader(low, high)
+            return lambda ctx, readings: in_range.read(value(ctx), readings)
+        if not isinstance(expr, ir.Compare) or len(expr.ops) != 1 or self._label_compare(expr):
+            return None
+        (op,), (left, right) = expr.ops, expr.operands
+        if Constant.of(left) is not None and Constant.of(right) is None:
+            left, right, op = right, left, _MIRRORED.get(op, op)
+        number = Constant.of(right)
+        if expr.tolerance is not None:
+            tolerance = Constant.of(expr.tolerance)
+            if tolerance is None:
+                return None
+            if number is None:
+                pair, close = self._operands(left, right), CloseReader(tolerance)
+                return lambda ctx, readings: close.read(*pair(ctx), readings)
+            near, value = NearReader(number, tolerance), self.emit(left)
+            return lambda ctx, readings: near.read(value(ctx), readings)
+        if number is None or op not in _MIRRORED or not _numeric(left):
+            return None
+        bound, value = BoundReader(op, number), self.emit(left)
+        return lambda ctx, readings: bound.read(value(ctx), readings)
 
     def emit(self, expr: ir.Expr) -> Closure:
         handler = getattr(self, f"emit_{type(expr).__name__}", None)
@@ -680,65 +681,6 @@ def _close(left: Value, right: Value, tolerance: Value | Constant) -> Value:
         distance, tolerance = align(distance, tolerance)
         return distance <= tolerance
     return abs(difference) <= (tolerance.value if isinstance(tolerance, Constant) else tolerance)
-
-
-class Constant:
-    """A number of the spec as a 0-dim tensor, made once per dtype and device of the values it meets.
-
-    An operation between a tensor and a Python number wraps the number into a
-    fresh tensor each time, which on the small tensors of a monitor's checks
-    costs more than the operation. The cached tensor has the dtype torch gives
-    the number against that value (`torch.result_type`), so the result has the
-    same dtype and bits; where it would not (an integer out of range, the
-    half-precision floats, complex), the number itself is used, as before.
-    Only for `+ - *` and comparisons: torch divides by a number through its
-    reciprocal, so a tensor divisor would change the last bit.
-    """
-
-    __slots__ = ("_on_cpu", "_tensors", "value")
-
-    def __init__(self, value: float | int) -> None:
-        self.value = value
-        # CPU tensors by dtype alone: asking a tensor for its device builds a new object each time.
-        self._on_cpu: dict[torch.dtype, torch.Tensor | float | int] = {}
-        self._tensors: dict[tuple[torch.dtype, torch.device], torch.Tensor | float | int] = {}
-
-    @classmethod
-    def of(cls, expr: ir.Expr) -> Constant | None:
-        """The constant of a number literal (not a boolean), else None."""
-        if isinstance(expr, ir.Const) and isinstance(expr.value, (int, float)) and not isinstance(expr.value, bool):
-            return cls(expr.value)
-        return None
-
-    def against(self, other: Value) -> torch.Tensor | float | int:
-        """This number in the form to combine with `other`: a cached tensor against a tensor."""
-        if not isinstance(other, torch.Tensor):
-            return self.value
-        if other.is_cpu:
-            cached = self._on_cpu.get(other.dtype)
-            if cached is None:
-                cached = self._on_cpu[other.dtype] = self._make(other)
-            return cached
-        key = (other.dtype, other.device)
-        cached = self._tensors.get(key)
-        if cached is None:
-            cached = self._tensors[key] = self._make(other)
-        return cached
-
-    def _make(self, other: torch.Tensor) -> torch.Tensor | float | int:
-        dtype = torch.result_type(other, self.value)
-        if dtype in (torch.float32, torch.float64):
-            exact = True
-        elif dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
-            # float16 and bfloat16 compute with a Python number in float32: a tensor of their own
-            # dtype would round the number first (complex is left alone likewise, untested).
-            exact = False
-        else:
-            exact = torch.iinfo(dtype).min <= self.value <= torch.iinfo(dtype).max
-        return torch.tensor(self.value, dtype=dtype, device=other.device) if exact else self.value
-
-
-_INFINITY = Constant(math.inf)
 
 
 def _ge(left: Value, right: Value) -> Value:

@@ -8,6 +8,7 @@ at every later use, across inputs and outputs, as in jaxtyping.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -187,9 +188,14 @@ def _unknowns(dim: ir.Dim, bound: dict[str, int]) -> set[str]:
     return set()
 
 
+def sample_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor as one row per sample; an empty batch too, where `reshape(0, -1)` is ambiguous."""
+    return tensor.reshape(tensor.shape[0], math.prod(tensor.shape[1:]))
+
+
 def range_mask(tensor: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """True per sample whose every element lies in [low, high] (NaN lies nowhere)."""
-    flat = tensor.reshape(tensor.shape[0], -1)
+    flat = sample_rows(tensor)
     if flat.shape[1] == 0:
         return torch.ones(tensor.shape[0], dtype=torch.bool, device=tensor.device)
     low_ok = flat.amin(dim=1) >= low
@@ -202,4 +208,4 @@ def finite_mask(tensor: torch.Tensor) -> torch.Tensor:
     """True per sample with no NaN and no infinity."""
     if not tensor.is_floating_point():
         return torch.ones(tensor.shape[0], dtype=torch.bool, device=tensor.device)
-    return torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(dim=1)
+    return torch.isfinite(sample_rows(tensor)).all(dim=1)

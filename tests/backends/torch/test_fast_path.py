@@ -1,11 +1,12 @@
 """The monitor's fast path decides exactly as its slow path, for less: tensor constants, cheap whole-batch forms.
 
-The fast path turns every check into one 0-dim verdict per call; the slow path
-(per-sample masks) runs only when that verdict is false. These tests hold the
-two to the same answer on inputs chosen to sit on the edges (bounds rounded to
-float32, NaN, infinities, empty batches), and check the pieces that make the
-fast path cheap: constants cached as tensors with the same bits as Python
-numbers, NaN-propagating maxima, the short-row softmax, no session on a pass.
+The fast path reduces every check to whole-batch statistics, read back by one
+host sync per call and tested in Python; the slow path (per-sample masks) runs
+only when a test fails. These tests hold the two to the same answer on inputs
+chosen to sit on the edges (bounds rounded to float32, NaN, infinities, empty
+batches), and check the pieces that make the fast path cheap: constants
+cached as tensors with the same bits as Python numbers, NaN-propagating
+extremes, the short-row softmax, no session on a pass.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ import operator
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import mdl_lang
 from mdl_lang import blame
 from mdl_lang.backends.torch import monitor
 from mdl_lang.backends.torch.boundary import Boundary
-from mdl_lang.backends.torch.predicates import Constant, _all_close, all_finite, softmax
+from mdl_lang.backends.torch.constants import Constant
+from mdl_lang.backends.torch.predicates import CallContext, softmax
+from mdl_lang.backends.torch.readings import CloseReader, Readings, read_finite
 
 SPEC_TEXT = """
 labels Digit = {0..9}
@@ -85,8 +90,8 @@ EDGE_INPUTS = [
 @pytest.mark.parametrize(("x_value", "s_value"), EDGE_INPUTS)
 def test_fast_requires_decide_as_the_slow_path(boundary, dtype, x_value, s_value) -> None:
     values = _inputs(x_value, s_value, dtype=dtype)
-    fast = boundary.fast_requires(values).holds
-    assert bool(fast) == _slow_holds(boundary, "requires", values)
+    readings = boundary.fast_requires(values).readings
+    assert readings is not None and readings.holds() == _slow_holds(boundary, "requires", values)
 
 
 @pytest.mark.parametrize("case", ["ok", "nan", "inf", "far", "wide", "empty", "huge"])
@@ -107,12 +112,12 @@ def test_fast_ensures_decide_as_the_slow_path(boundary, case) -> None:
     elif case == "huge":
         y[:, 1:] = 3e38  # finite, though their sum overflows
     call = boundary.fast_requires(values)
-    assert call.holds is not False and bool(call.holds)
-    fast = boundary.fast_ensures(call, (y,))
+    assert call.readings is not None and call.readings.holds()
+    fast = boundary.fast_ensures(call, (y,)) and call.readings.holds()
     slow = _slow_holds(boundary, "ensures", {**values, "y": y})
     if case == "huge":
         assert slow is False  # `max(y) - min(y)` overflows to inf: the clause fails on both paths
-    assert bool(fast) == slow
+    assert fast == slow
 
 
 def test_an_overflowing_sum_of_finite_values_only_takes_the_slow_path(tmp_path) -> None:
@@ -121,7 +126,7 @@ def test_an_overflowing_sum_of_finite_values_only_takes_the_slow_path(tmp_path) 
                     "  output y: Tensor[B, 600] float finite\n}\nmodule big : Big\n")
     model = mdl_lang.load(path).bind("big", nn.Identity(), mode="record", replay_dir=None)
     x = torch.full((2, 600), 3e38)
-    assert not bool(all_finite(x))  # the fast form is conservative ...
+    assert not _finite(x)  # the fast form is conservative ...
     assert model(x) is x
     assert model.reports == []  # ... and the slow path finds every element finite
 
@@ -187,19 +192,47 @@ def test_a_constant_gives_the_bits_of_the_python_number(dtype) -> None:
     assert Constant(3).against(2.0) == 3  # against a number it stays a number
 
 
+def _finite(value: torch.Tensor) -> bool:
+    readings = Readings()
+    read_finite(value, readings)
+    return readings.holds()
+
+
+def _close(left: torch.Tensor, right: torch.Tensor, tolerance: float) -> bool:
+    readings = Readings()
+    CloseReader(Constant(tolerance)).read(left, right, readings)
+    return readings.holds()
+
+
 @pytest.mark.parametrize("size", [1, 10, 256, 257, 5000])
 def test_whole_batch_forms_propagate_nan_and_infinity(size) -> None:
     values = torch.randn(size)
-    assert bool(all_finite(values)) and bool(_all_close(values, values.clone(), Constant(0)))
+    assert _finite(values) and _close(values, values.clone(), 0)
     for bad in (math.nan, math.inf, -math.inf):
         spoiled = values.clone()
         spoiled[size // 2] = bad
-        assert not bool(all_finite(spoiled))
-        assert not bool(_all_close(spoiled, values, Constant(1e30)))
+        assert not _finite(spoiled)
+        assert not _close(spoiled, values, 1e30)
     edge = values + 0.25
-    assert bool(_all_close(edge, values, Constant(0.25 + 1e-6)))
-    assert not bool(_all_close(edge, values, Constant(0.2)))
-    assert bool(_all_close(torch.empty(0), torch.empty(0), Constant(0)))
+    assert _close(edge, values, 0.25 + 1e-6)
+    assert not _close(edge, values, 0.2)
+    assert _close(torch.empty(0), torch.empty(0), 0)
+
+
+def test_readings_of_mixed_dtypes_are_read_back_exactly() -> None:
+    readings = Readings()
+    readings.add_verdict(torch.tensor(True))
+    read_finite(torch.tensor([1.0, 2.0]), readings)
+    big = torch.tensor([2.0**60 + 2.0**8], dtype=torch.float64)  # not a float32: the stack must widen, not round
+    CloseReader(Constant(2.0**60)).read(big, torch.tensor([2.0**60], dtype=torch.float64), readings)
+    assert readings.holds()
+    CloseReader(Constant(255.0)).read(big, torch.tensor([2.0**60], dtype=torch.float64), readings)
+    assert not readings.holds()
+    verdicts = Readings()
+    verdicts.add_verdict(True)
+    assert verdicts.holds()
+    verdicts.add_verdict(False)
+    assert not verdicts.holds()
 
 
 @pytest.mark.parametrize("shape", [(1, 10), (256, 10), (4096, 3), (64, 5, 10), (32, 100)])
@@ -235,3 +268,61 @@ def test_a_tolerance_computed_per_sample_applies_to_each_sample(tmp_path) -> Non
     shifted(x)
     [report] = shifted.reports
     assert report.verdict.value == "fail" and report.witness.samples == (1,)
+
+
+FORMS_TEXT = """
+dim B : batch
+interface Forms {
+  input  x: Tensor[B, 3] float
+  input  n: Tensor[B, 3] int64
+  output y: Tensor[B, 3] float
+  requires upper: max(x) <= 0.1
+  requires lower: 0.1 < min(x) + 1
+  requires ranged: x[0] in [-0.5, 0.1]
+  requires strict: x > -1e-45
+  requires ints: n <= 7
+  requires int_range: n[1] in [0, 7.5]
+  ensures near: sum(y) == 0.3 within 1e-7
+  ensures near_left: 0.3 == y[1] within 0.05
+  ensures close: y == x within 0.1
+  ensures equal: y[2] == 0.1
+}
+module forms : Forms
+"""
+
+EDGES = [0.0, -0.0, 0.1, 0.3, 0.05, 0.35, -0.5, -1e-45, 1e-45, math.nextafter(0.1, 1.0), math.nextafter(0.1, 0.0),
+         0.1 + 1e-7, 0.3 - 1e-7, 0.2, 1e30, -1e30, math.nan, math.inf, -math.inf]
+NEAR_EDGE = {"near", "near_left"}
+"""Readers that may fail a value on the very edge that the per-sample check passes (never the other way)."""
+
+
+@pytest.fixture(scope="module")
+def forms(tmp_path_factory) -> Boundary:
+    path = tmp_path_factory.mktemp("forms") / "forms.mdl"
+    path.write_text(FORMS_TEXT)
+    spec = mdl_lang.load(path)
+    return Boundary("forms", spec.component("forms"), spec.sources)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    batch=st.integers(0, 3),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    data=st.data(),
+)
+def test_each_fast_reader_never_passes_what_its_mask_fails(forms, batch, dtype, data) -> None:
+    def tensor(elements, kind):
+        return torch.tensor(data.draw(st.lists(st.lists(elements, min_size=3, max_size=3), min_size=batch,
+                                               max_size=batch)), dtype=kind).reshape(batch, 3)
+
+    x = tensor(st.sampled_from(EDGES), dtype)
+    y = tensor(st.sampled_from(EDGES), dtype)
+    n = tensor(st.integers(-3, 10), torch.int64)
+    ctx = CallContext({"x": x, "n": n, "y": y}, {"B": batch}, batch)
+    for check in [*forms.requires, *forms.ensures]:
+        readings = Readings()
+        check.read(ctx, readings)
+        fast, slow = readings.holds(), bool(check.mask(ctx).all())
+        assert slow or not fast, (check.name, x, y, n)
+        if check.name not in NEAR_EDGE:
+            assert fast == slow, (check.name, x, y, n)
