@@ -326,3 +326,16 @@ def test_each_fast_reader_never_passes_what_its_mask_fails(forms, batch, dtype, 
         assert slow or not fast, (check.name, x, y, n)
         if check.name not in NEAR_EDGE:
             assert fast == slow, (check.name, x, y, n)
+
+
+def test_readings_on_different_devices_are_read_one_by_one(monkeypatch) -> None:
+    def different_devices(tensors):
+        raise RuntimeError("Expected all tensors to be on the same device")
+
+    readings = Readings()
+    read_finite(torch.tensor([1.0, 2.0]), readings)
+    readings.add_verdict(torch.tensor(True))
+    monkeypatch.setattr(torch, "stack", different_devices)
+    assert readings.holds()
+    read_finite(torch.tensor([1.0, math.nan]), readings)
+    assert not readings.holds()
