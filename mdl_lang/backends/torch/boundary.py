@@ -108,6 +108,8 @@ class Boundary:
         self._fast_requires = tuple(check.read for check in self.requires if not check.implied)
         self._fast_ensures = tuple(check.read for check in self.ensures if not check.implied)
         self._input_names = tuple(port.name for port in self.inputs)
+        self._unbatched = tuple(port.name for port in (*self.inputs, *self.outputs) if not port.type.has_batch)
+        self._inputs_batched = any(port.type.has_batch for port in self.inputs)
         self._output_names = tuple(port.name for port in self.outputs)
         # Shape and dtype verdicts by call signature (input shapes and dtypes; then with the outputs').
         self._input_shapes: dict[tuple, Shapes] = {}
@@ -160,7 +162,7 @@ class Boundary:
             shapes = self._shapes(self.inputs, values, {})
             if signature is not None and len(self._input_shapes) < _SIGNATURES:
                 self._input_shapes[signature] = shapes
-        ctx = CallContext(_clause_values(values), shapes.dims, shapes.batch)
+        ctx = CallContext(self._per_sample(_clause_values(values), shapes.batch), shapes.dims, shapes.batch)
         if not shapes.holds:
             return FastCall(ctx, signature, None)
         readings = Readings()
@@ -185,13 +187,32 @@ class Boundary:
         values = dict(call.ctx.values)
         for name, value in zip(self._output_names, outputs, strict=False):
             values[name] = _for_clauses(value)
-        return _read_all(self._fast_ensures, CallContext(values, shapes.dims, shapes.batch), call.readings)
+        batch = call.ctx.batch if self._inputs_batched else shapes.batch
+        return _read_all(self._fast_ensures, CallContext(self._per_sample(values, batch), shapes.dims, batch),
+                         call.readings)
 
     @staticmethod
     def _shapes(ports: tuple[ir.Port, ...], values: dict[str, object], dims: dict[str, int]) -> Shapes:
         """Check the shapes and dtypes of `ports`, binding their dims into `dims` (the slow, uncached way)."""
         holds = all(check_call_shape(port, values.get(port.name), dims) is None for port in ports)
         return Shapes(holds, dims, _batch_size(values, ports))
+
+    def context(self, values: dict[str, object], bound: dict[str, int]) -> CallContext:
+        """What the clauses of a call read: port values as clauses see them, one row per sample."""
+        batch = _batch_size(values, self.inputs + self.outputs)
+        return CallContext(self._per_sample(_clause_values(values), batch), bound, batch)
+
+    def _per_sample(self, values: dict[str, object], batch: int) -> dict[str, object]:
+        """Ports without the batch axis (a weight vector, a threshold) are the same for every sample: repeated
+        as a view along a batch axis, so that clauses index and reduce them as they do batched ports."""
+        if not self._unbatched:
+            return values
+        repeated = dict(values)
+        for name in self._unbatched:
+            value = values.get(name)
+            if isinstance(value, torch.Tensor):
+                repeated[name] = value.unsqueeze(0).expand(batch, *value.shape)
+        return repeated
 
     def violations(self, phase: str, values: dict[str, object], bound: dict[str, int]) -> list[Violation]:
         """The slow path: every violation of one phase, with samples and values."""
@@ -200,8 +221,7 @@ class Boundary:
             if problem is not None:
                 return [Violation(f"type of {port.name}", phase, "per-sample", port.span, problem.message, None)]
         checks = self.requires if phase == "requires" else self.ensures
-        ctx = CallContext(_clause_values(values), bound, _batch_size(values, self.ports(phase)))
-        return self._violations(checks, None, ctx)
+        return self._violations(checks, None, self.context(values, bound))
 
     def _violations(self, checks: list[Check], masks, ctx: CallContext) -> list[Violation]:
         found = []
@@ -309,13 +329,18 @@ def _read_all(checks: tuple[Reader, ...], ctx: CallContext, readings: Readings) 
     return True
 
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_WIDENED = {
+    torch.float16: torch.float32, torch.bfloat16: torch.float32,
+    torch.uint8: torch.int64, torch.int8: torch.int64, torch.int16: torch.int64, torch.int32: torch.int64,
+}
+"""Dtypes clauses see widened: low-precision floats to float32, narrow integers to int64, so that a spec's
+numbers neither round nor wrap (`x >= -1` on uint8 would compare with 255, as torch casts -1 to uint8)."""
 
 
 def _clause_values(values: dict[str, object]) -> dict[str, object]:
-    """Port values as clauses see them: detached, and low-precision floats widened to float32."""
+    """Port values as clauses see them: detached, and narrow dtypes widened (`_WIDENED`)."""
     for value in values.values():
-        if isinstance(value, torch.Tensor) and (value.requires_grad or value.dtype in _LOW_PRECISION):
+        if isinstance(value, torch.Tensor) and (value.requires_grad or value.dtype in _WIDENED):
             return {name: _for_clauses(value) for name, value in values.items()}
     return values
 
@@ -325,13 +350,15 @@ def _for_clauses(value: object) -> object:
         return value
     if value.requires_grad:
         value = value.detach()
-    return value.float() if value.dtype in _LOW_PRECISION else value
+    wider = _WIDENED.get(value.dtype)
+    return value if wider is None else value.to(wider)
 
 
 def _batch_size(values: dict[str, torch.Tensor], ports: tuple[ir.Port, ...]) -> int:
+    """The batch size of a call: the first axis of its first port that has the batch axis; 1 without one."""
     for port in ports:
         value = values.get(port.name)
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
+        if port.type.has_batch and isinstance(value, torch.Tensor) and value.dim() > 0:
             return value.shape[0]
     return 1
 
