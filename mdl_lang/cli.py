@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +32,13 @@ class UsageError(Exception):
     """A bad flag or a missing file: exit 2 with a one-line message."""
 
 
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that flushing it at exit does not raise the broken pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
@@ -44,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("mdl: interrupted", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (`mdl ... | head`): what is left to print has no one to read it.
+        _silence_stdout()
         return EXIT_USAGE
     except Exception as error:  # noqa: BLE001 - a user must never see a traceback
         print(f"mdl: internal error: {type(error).__name__}: {error}", file=sys.stderr)

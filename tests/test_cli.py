@@ -1,6 +1,6 @@
 """`mdl check` as a user runs it: text and mdl-report/1 JSON output, and the exit codes of LANGUAGE.md section 8.
 
-Most tests call `mdl_lang.cli.main` in-process (fast); one runs the command in a subprocess.
+Most tests call `mdl_lang.cli.main` in-process (fast); two run the command in a subprocess.
 """
 
 from __future__ import annotations
@@ -166,3 +166,14 @@ def test_subprocess_prints_json_and_exits_1() -> None:
     report = json.loads(completed.stdout)
     assert report["schema"] == "mdl-report/1"
     assert [(d["code"], d["line"], d["column"]) for d in report["diagnostics"]] == [("E0202", 5, 17)]
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path) -> None:
+    """`mdl check --format json | head -1`: the pipe closes early; no traceback, no 'internal error'."""
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "mdl_lang.cli", "check", "--format", "json", str(REPO / "specs")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+    )
+    reader.stdout.close()  # the reader goes away before anything is written
+    _, error = reader.communicate(timeout=120)
+    assert b"internal error" not in error and b"Traceback" not in error, error.decode()
