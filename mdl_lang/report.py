@@ -99,17 +99,18 @@ class Result:
 
     @classmethod
     def from_json(cls, entry: dict) -> Result:
-        """The inverse of `to_json`, for `mdl blame REPORT.json`."""
+        """The inverse of `to_json`, for `mdl blame REPORT.json`; a result without module, clause or verdict is
+        malformed (KeyError), not shown as an undecided one."""
         blame = entry.get("blame")
         witness = entry.get("witness")
         line, column = int(entry.get("line", 1)), int(entry.get("column", 1))
         return cls(
-            component=str(entry.get("module", "?")),
-            clause=str(entry.get("clause", "?")),
+            component=str(entry["module"]),
+            clause=str(entry["clause"]),
             kind=str(entry.get("kind", "")),
             fragment=str(entry.get("fragment", "")),
             backend=str(entry.get("backend", "")),
-            verdict=Verdict(entry.get("verdict", "unknown")),
+            verdict=Verdict(entry["verdict"]),
             span=Span(str(entry.get("file", "?")), line, column, line, column),
             message=str(entry.get("message", "")),
             blame=Blame(

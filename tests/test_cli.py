@@ -177,3 +177,10 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path) -> None:
     reader.stdout.close()  # the reader goes away before anything is written
     _, error = reader.communicate(timeout=120)
     assert b"internal error" not in error and b"Traceback" not in error, error.decode()
+
+
+def test_mdl_blame_rejects_a_result_without_its_verdict(tmp_path, capsys) -> None:
+    report = {"schema": "mdl-report/1", "results": [{"module": "m", "clause": "c", "file": "a.mdl", "line": 3}]}
+    (tmp_path / "partial.json").write_text(json.dumps(report))
+    assert main(["blame", str(tmp_path / "partial.json")]) == 2
+    assert "malformed result" in capsys.readouterr().err
