@@ -8,6 +8,7 @@ contract comes from) in the layout of a compiler error.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -54,7 +55,9 @@ class Witness:
     dims: tuple[tuple[str, int], ...] = ()
 
     def to_json(self) -> dict[str, object]:
-        entry: dict[str, object] = {"samples": list(self.samples), "values": dict(self.values)}
+        entry: dict[str, object] = {
+            "samples": list(self.samples), "values": {name: json_value(text) for name, text in self.values},
+        }
         if self.replay:
             entry["replay"] = self.replay
         if self.dims:
@@ -120,8 +123,27 @@ class Result:
         )
 
 
+def _text(value: object) -> str:
+    """A witness value back as text, as the report renders it (the inverse of `json_value`)."""
+    return str(value) if not isinstance(value, float) else f"{value:.6g}"
+
+
+def json_value(text: str) -> object:
+    """A witness value as JSON holds it: a number or a boolean as such (`"recall(5)": 0.41`), else its text
+    (a tensor's summary, a label)."""
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        return text  # JSON has no NaN or infinity
+    return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+
+
 def _witness_from_json(entry: dict) -> Witness:
-    values = tuple((str(key), str(value)) for key, value in entry.get("values", {}).items())
+    values = tuple((str(key), _text(value)) for key, value in entry.get("values", {}).items())
     return Witness(tuple(entry.get("samples", ())), values, entry.get("replay"), tuple(entry.get("dims", {}).items()))
 
 

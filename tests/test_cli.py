@@ -184,3 +184,13 @@ def test_mdl_blame_rejects_a_result_without_its_verdict(tmp_path, capsys) -> Non
     (tmp_path / "partial.json").write_text(json.dumps(report))
     assert main(["blame", str(tmp_path / "partial.json")]) == 2
     assert "malformed result" in capsys.readouterr().err
+
+
+def test_witness_values_are_json_numbers_where_they_are_numbers() -> None:
+    from mdl_lang.report import Witness, _witness_from_json
+
+    witness = Witness((3,), (("recall(5)", "0.41"), ("n", "7"), ("ok", "False"), ("y", "f32[2] cpu"), ("z", "nan")))
+    entry = witness.to_json()
+    assert entry["values"] == {"recall(5)": 0.41, "n": 7, "ok": False, "y": "f32[2] cpu", "z": "nan"}
+    assert json.loads(json.dumps(entry)) == entry
+    assert _witness_from_json(entry).values == witness.values
