@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from mdl_lang import ir
 from mdl_lang.diagnostics import Diagnostic, SourceMap, render_all
-from mdl_lang.semantics.checker import Checker, CheckResult, check_paths, default_root
+from mdl_lang.semantics.checker import Checker, CheckResult, check_paths, default_root, prove_specs
 
 if TYPE_CHECKING:
     from torch import nn
@@ -72,14 +72,21 @@ class CheckedSpec(ir.Spec):
             raise BindError(str(error)) from error
 
 
-def load(path: str | Path, root: str | Path | None = None) -> CheckedSpec:
-    """The checked spec of one file; raises SpecError if it has errors, FileNotFoundError if missing."""
+def load(path: str | Path, root: str | Path | None = None, *, prove: bool = False) -> CheckedSpec:
+    """The checked spec of one file; raises SpecError if it has errors, FileNotFoundError if missing.
+
+    With `prove`, it is checked as `mdl check` checks it, Z3 spec proofs included: a spec whose
+    `requires`, `>>` or `replace` is refuted (E0601-E0604) is rejected with the same diagnostics; an
+    undecided proof is only a warning. Without it, a spec whose parts are known not to fit still
+    loads, so that the runtime monitors can be watched blaming them."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"no spec file at {file}")
     checker = Checker(Path(root) if root is not None else default_root([file]))
     spec = checker.check(file)
     result = checker.result()
+    if prove and spec is not None and not result.has_errors:
+        prove_specs(result)
     if spec is None or result.has_errors:
         raise SpecError(result)
     values = {item.name: getattr(spec, item.name) for item in fields(ir.Spec)}

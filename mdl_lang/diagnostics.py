@@ -44,6 +44,7 @@ CODES: dict[str, str] = {
     "E0113": "member not allowed here",
     "E0115": "recursive definition",
     "E0116": "unreadable file",
+    "E0117": "imported file has errors",
     # label sets
     "E0201": "label set is not within its parent",
     "E0202": "empty label range",
@@ -66,6 +67,7 @@ CODES: dict[str, str] = {
     "E0311": "the batch dimension is not the first axis",
     "E0312": "constant expected",
     "E0313": "number suffix outside a cost clause",
+    "E0314": "constant that is not a finite real number",
     # clauses
     "E0401": "clause is not boolean",
     "E0402": "operand of the wrong type",
@@ -166,6 +168,9 @@ def _location(span: Span | None) -> dict[str, object]:
     return {"file": span.file, "line": span.line, "column": span.column}
 
 
+_SHOWN_AS_SPACE = str.maketrans(dict.fromkeys("\r\v\f\x1c\x1d\x1e\x85\u2028\u2029", " "))
+
+
 class SourceMap:
     """The text of every file read so far, for rendering source lines."""
 
@@ -174,7 +179,13 @@ class SourceMap:
         self._texts: dict[str, str] = {}
 
     def add(self, path: str, text: str) -> None:
-        self._lines[path] = text.splitlines()
+        # Lines as the lexer counts them: only `\n` ends one (str.splitlines would also split at a
+        # form feed, U+2028, U+0085 or a lone `\r`, and quote the wrong line). Other line-breaking
+        # characters are shown as spaces, so that a caret keeps its column.
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()  # the end of the last line, not a line of its own
+        self._lines[path] = [line.removesuffix("\r").translate(_SHOWN_AS_SPACE) for line in lines]
         self._texts[path] = text
 
     def excerpt(self, span: Span) -> str | None:

@@ -16,10 +16,10 @@ from mdl_lang.diagnostics import Diagnostic, SourceMap, sort_key
 from mdl_lang.semantics.components import Components
 from mdl_lang.semantics.compose import Compositions
 from mdl_lang.semantics.context import Env, FileScope, Reporter, Symbol
-from mdl_lang.semantics.declarations import Declarations
+from mdl_lang.semantics.declarations import BUILTIN_CONSTANTS, Declarations
 from mdl_lang.span import Span
 from mdl_lang.syntax import ast
-from mdl_lang.syntax.parser import front_end_context, keywords, parse, too_deep
+from mdl_lang.syntax.parser import deep_nesting, front_end_context, keywords, parse, too_deep
 
 # Words of the cost sub-language stay usable as names elsewhere (`s`, `ms`, `batch`...).
 CONTEXTUAL_WORDS = frozenset({"s", "ms", "us", "per", "sample", "at", "batch", "params", "flops", "latency",
@@ -65,6 +65,9 @@ class Checker:
         self._scopes: dict[Path, FileScope | None] = {}
         self._loading: list[Path] = []
         self._specs: dict[str, ir.Spec] = {}
+        # Every import followed, deepest first: (importing file, its import, the file imported).
+        self._imports: list[tuple[FileScope, ast.Import, Path]] = []
+        self._broken_imports_reported: set[Span] = set()
 
     def check(self, path: Path) -> ir.Spec | None:
         with front_end_context():
@@ -74,6 +77,8 @@ class Checker:
             except RecursionError:
                 self.reporter.diagnostics.append(too_deep(display_path(path.resolve())))
                 return None
+            finally:
+                self._report_broken_imports()
 
     def result(self) -> CheckResult:
         return CheckResult(dict(self._specs), sorted(self.reporter.diagnostics, key=sort_key), self.sources)
@@ -117,7 +122,10 @@ class Checker:
                     help="an import path is relative to the folder of the file that imports it",
                 )
             else:
-                self.reporter.error("E0116", f"cannot read `{shown}`: {error.strerror or error}", span)
+                self.reporter.error(
+                    "E0116", f"cannot read `{shown}`: {error.strerror or error}", span,
+                    help="check that the path names a readable file",
+                )
             return None
         try:
             return raw.decode("utf-8")
@@ -173,18 +181,57 @@ class Checker:
                 scope.imports[decl.alias.name] = None
                 continue
             scope.imports[decl.alias.name] = self._load(target, decl)
+            self._imports.append((scope, decl, target))
+
+    def _report_broken_imports(self) -> None:
+        """E0117 at each import of a file with errors, unless the importing file has errors of its own.
+
+        What a file builds on does not check, so neither does the file: without this, a report would
+        call it a pass (`mdl check --format json` gives one verdict per file). Imports are visited
+        deepest first, so a file that imports a file that imports a broken one fails as well."""
+        failing = {diagnostic.span.file for diagnostic in self.reporter.diagnostics if diagnostic.is_error}
+        for scope, decl, target in self._imports:
+            imported = display_path(target)
+            if imported not in failing or scope.path in failing or decl.span in self._broken_imports_reported:
+                continue
+            self._broken_imports_reported.add(decl.span)
+            self.reporter.error(
+                "E0117", f"imported file `{imported}` has errors", decl.span,
+                help=f"fix the errors of `{imported}` first: this file cannot be checked without them",
+            )
+            failing.add(scope.path)
 
     def _declare(self, scope: FileScope) -> None:
         """Enter every top-level name of a file, reporting duplicates and keywords."""
         for decl in scope.tree.decls:
             for kind, identifier, node in _declared_names(decl):
                 self._enter(scope, kind, identifier, node)
+            self._check_generic_params(getattr(decl, "params", ()))
+
+    def _check_generic_params(self, params: tuple[ast.Identifier, ...]) -> None:
+        """`interface C[L, L]`: a second parameter of one name would hide the first one's argument."""
+        seen: dict[str, Span] = {}
+        for param in params:
+            if param.name in seen:
+                self.reporter.error(
+                    "E0102", f"generic parameter `{param.name}` is declared twice", param.span,
+                    help=f"the first `{param.name}` is at {seen[param.name]}; give each parameter its own name",
+                )
+            else:
+                seen[param.name] = param.span
 
     def _enter(self, scope: FileScope, kind: str, identifier: ast.Identifier, node: object) -> None:
         name = identifier.name
         if name in reserved_words():
             self.reporter.error(
                 "E0106", f"`{name}` is a keyword and cannot name a declaration", identifier.span,
+                help=f"choose another name, e.g. `{name}_`",
+            )
+            return
+        if name in BUILTIN_CONSTANTS:
+            # `dim inf = 3` would size axes while `x <= inf` still meant the constant.
+            self.reporter.error(
+                "E0106", f"`{name}` is a built-in constant and cannot name a declaration", identifier.span,
                 help=f"choose another name, e.g. `{name}_`",
             )
             return
@@ -317,11 +364,11 @@ def check_paths(paths: list[Path], root: Path | None = None, *, prove: bool = Tr
         checker.check(path)
     result = checker.result()
     if prove:
-        _prove(result, z3_timeout_ms)
+        prove_specs(result, z3_timeout_ms)
     return result
 
 
-def _prove(result: CheckResult, timeout_ms: int | None) -> None:
+def prove_specs(result: CheckResult, timeout_ms: int | None = None) -> None:
     """Add the Z3 backend's diagnostics and results; z3 is imported only when a spec has something to prove.
 
     A file with a front-end error is not proved: its IR may be partial, and its errors come first."""
@@ -332,9 +379,35 @@ def _prove(result: CheckResult, timeout_ms: int | None) -> None:
     from mdl_lang.backends.z3 import Settings, check_specs
 
     settings = Settings() if timeout_ms is None else Settings(timeout_ms=timeout_ms)
-    proofs = check_specs(specs, result.sources, settings)
-    result.diagnostics = sorted(result.diagnostics + proofs.diagnostics, key=sort_key)
-    result.results = proofs.results
+    diagnostics: list[Diagnostic] = []
+    # The encoder recurses once per level of a clause, as the front end does: give it the same depth.
+    with deep_nesting():
+        try:
+            proofs = check_specs(specs, result.sources, settings)
+            diagnostics, result.results = proofs.diagnostics, proofs.results
+        except RecursionError:
+            # Rare (a clause nested nearly as deep as the front end allows): prove spec by spec so
+            # that only the specs too deep for the encoder go unproved, each with a warning.
+            for spec in specs:
+                try:
+                    proofs = check_specs([spec], result.sources, settings)
+                except RecursionError:
+                    diagnostics.append(_too_deep_to_prove(spec))
+                    continue
+                diagnostics += proofs.diagnostics
+                result.results += proofs.results
+    result.diagnostics = sorted(result.diagnostics + diagnostics, key=sort_key)
+
+
+def _too_deep_to_prove(spec: ir.Spec) -> Diagnostic:
+    """W0601 for a spec whose clauses nest too deeply for the Z3 encoder, at its longest clause."""
+    clauses = [clause for component in spec.components().values() for clause in component.all_clauses]
+    span = max((clause.span for clause in clauses), key=lambda span: span.end - span.start,
+               default=Span(spec.file, 1, 1, 1, 1))
+    return Diagnostic(
+        "W0601", f"cannot decide the spec proofs of `{spec.file}`: a clause nests too deeply for the Z3 encoder",
+        span, help="split the clause into several clauses, or let `mdl test` check it",
+    )
 
 
 def _has_requires(component: ir.Component) -> bool:

@@ -8,12 +8,13 @@ that backends only ever index by position.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 
 from mdl_lang import ir
 from mdl_lang.semantics.context import KIND_NOUNS, Env, Reporter, Symbol, did_you_mean
-from mdl_lang.semantics.declarations import BUILTIN_CONSTANTS, Declarations
+from mdl_lang.semantics.declarations import BUILTIN_CONSTANTS, Declarations, not_a_real_number
 from mdl_lang.semantics.shapes import broadcast, dims_compatible, slice_length
 from mdl_lang.span import Span
 from mdl_lang.syntax import ast
@@ -41,6 +42,9 @@ class ClauseTyper:
     def __init__(self, declarations: Declarations) -> None:
         self.declarations = declarations
         self.reporter: Reporter = declarations.reporter
+        # The value of each constant operation typed so far, keyed by the node's id; the node is kept
+        # alongside so that its id cannot be reused by another node while the entry exists.
+        self._constants: dict[int, tuple[ir.Expr, int | float]] = {}
 
     # ------------------------------------------------------------ clauses
 
@@ -63,7 +67,7 @@ class ClauseTyper:
         confidence = self._confidence(node, env)
         if confidence is None:
             return None
-        name = node.name.name if node.name else f"{node.kind}@{node.span.line}:{node.span.column}"
+        name = node.name.name if node.name else automatic_name(node.kind, node.span)
         data = node.data.data.dotted if node.data else None
         return ir.Clause(name, node.kind, expr, fragment, origin, data, confidence, node.span)
 
@@ -129,7 +133,10 @@ class ClauseTyper:
             ast.LabelSetLiteral: "a label set",
             ast.SelfRef: "`self` without arguments",
         }.get(type(node), "this")
-        self.reporter.error("E0402", f"{what} is not a value here", node.span)
+        self.reporter.error(
+            "E0402", f"{what} is not a value here", node.span,
+            help="a value is a port, a number, a dim, a label or a call such as `argmax(y)`",
+        )
 
     def type_Number(self, node: ast.Number, env: Env) -> ir.Expr | None:
         if node.suffix:
@@ -173,7 +180,10 @@ class ClauseTyper:
             )
             return None
         known = [*env.ports, *env.variables, *BUILTIN_CONSTANTS, *env.scope.names_of_kind("dim")]
-        self.reporter.error("E0101", f"undefined name `{name}`", node.span, help=did_you_mean(name, known))
+        self.reporter.error(
+            "E0101", f"undefined name `{name}`", node.span,
+            help=did_you_mean(name, known) or "a clause names ports, quantified variables, dims and `inf` or `pi`",
+        )
         return None
 
     def _dim_value(self, dim: ir.Dim | None, span: Span) -> ir.Expr | None:
@@ -202,7 +212,11 @@ class ClauseTyper:
             return ir.Not(operand, ir.ValueType(ir.Element.BOOL, operand.type.shape, operand.type.axes), node.span)
         if not self._require_numeric(operand, "-", node.operand.span):
             return None
-        return ir.Neg(operand, operand.type, node.span)
+        negation = ir.Neg(operand, operand.type, node.span)
+        value = self.constant_value(operand)
+        if value is not None:
+            self._constants[id(negation)] = (negation, -value)
+        return negation
 
     def type_Binary(self, node: ast.Binary, env: Env) -> ir.Expr | None:
         if node.op == "|":
@@ -228,7 +242,40 @@ class ClauseTyper:
         element = ir.Element.INT if (
             left.type.element is ir.Element.INT and right.type.element is ir.Element.INT and node.op != "/"
         ) else ir.Element.REAL
-        return ir.Arith(node.op, left, right, ir.ValueType(element, *shape), node.span)
+        arith = ir.Arith(node.op, left, right, ir.ValueType(element, *shape), node.span)
+        return arith if self._fold(arith) else None
+
+    def constant_value(self, expr: ir.Expr) -> int | float | None:
+        """The value of an expression of constants typed by this typer (`3`, `-0.5`, `2 ** 3`), else None."""
+        if isinstance(expr, ir.Const) and not isinstance(expr.value, bool):
+            return expr.value
+        known = self._constants.get(id(expr))
+        return known[1] if known is not None and known[0] is expr else None
+
+    def _fold(self, arith: ir.Arith) -> bool:
+        """Compute an operation on two constants now; False after reporting a value that is no real number.
+
+        Written arithmetic such as `y[2 ** 3]` or `within 1/0` is then checked like a literal, at compile
+        time, instead of failing (or silently comparing with NaN) when a backend evaluates it."""
+        left, right = self.constant_value(arith.left), self.constant_value(arith.right)
+        if left is None or right is None:
+            return True
+        try:
+            value = _arithmetic(arith.op, left, right)
+        except ZeroDivisionError:
+            self.reporter.error("E0312", "division by zero", arith.span, help="a constant divisor must not be 0")
+            return False
+        except OverflowError:
+            self.reporter.error("E0312", "this constant overflows", arith.span, help="use a smaller number")
+            return False
+        problem = not_a_real_number(value)
+        if problem is not None:
+            self.reporter.error(
+                "E0314", f"this constant {problem}", arith.span, help="a clause compares real numbers",
+            )
+            return False
+        self._constants[id(arith)] = (arith, value)
+        return True
 
     def _broadcast(self, left: ir.Expr, right: ir.Expr, node) -> tuple | None:
         result = broadcast(left.type, right.type)
@@ -252,7 +299,10 @@ class ClauseTyper:
     def _require_numeric(self, operand: ir.Expr, op: str, span: Span) -> bool:
         if operand.type.is_numeric:
             return True
-        self.reporter.error("E0402", f"`{op}` needs numbers, found {operand.type.describe()}", span)
+        self.reporter.error(
+            "E0402", f"`{op}` needs numbers, found {operand.type.describe()}", span,
+            help="arithmetic and `in [lo, hi]` take numbers; labels are compared with `==` or tested with `in`",
+        )
         return False
 
     # ------------------------------------------------------------ comparisons and membership
@@ -290,8 +340,16 @@ class ClauseTyper:
         distance = self.expr(node, env)
         if distance is None or not self._require_numeric(distance, "within", node.span):
             return None
-        if _is_negative(distance):
+        value = self.constant_value(distance)
+        if value is None:
+            return distance
+        if value < 0:
             self.reporter.error("E0421", negative, node.span, help=help_text)
+            return None
+        if math.isinf(value):
+            self.reporter.error(
+                "E0314", f"this distance is {value}; it must be a finite number", node.span, help=help_text,
+            )
             return None
         return distance
 
@@ -305,6 +363,7 @@ class ClauseTyper:
                 return self._broadcast(left, right, node)
             self.reporter.error(
                 "E0402", f"`{op}` compares numbers, found a condition", node.operands[position + 1].span,
+                help="conditions are combined with `and`, `or`, `implies` and `not`, or compared with `==`",
             )
             return None
         return self._broadcast(left, right, node)
@@ -332,12 +391,16 @@ class ClauseTyper:
         if isinstance(expr, ir.Const) and expr.type.element is ir.Element.INT:
             expr = ir.LabelConst(int(expr.value), ir.ValueType(ir.Element.LABEL), span)
         if expr.type.element is not ir.Element.LABEL:
-            self.reporter.error("E0402", f"a label cannot be compared with {expr.type.describe()}", span)
+            self.reporter.error(
+                "E0402", f"a label cannot be compared with {expr.type.describe()}", span,
+                help="compare a label with a label (`argmax(y) == 3`) or an index of scores with a number",
+            )
             return None
         if isinstance(expr, ir.LabelConst):
             if labels is not None and not labels.opaque and expr.label not in labels:
                 self.reporter.error(
                     "E0204", f"label {ir.format_label(expr.label)} is not in {labels.describe()}", span,
+                    help="use a label of the set, or add this one to the label set",
                 )
                 return None
             return ir.LabelConst(expr.label, ir.ValueType(ir.Element.LABEL, labels=labels), span)
@@ -348,9 +411,10 @@ class ClauseTyper:
         if not any(statistic_sides):
             return compare
         for operand in compare.operands:
-            if isinstance(operand, ir.Const) and not 0 <= float(operand.value) <= 1:
+            value = self.constant_value(operand)
+            if value is not None and not 0 <= value <= 1:
                 self.reporter.error(
-                    "E0420", f"{operand.value} is not a probability; accuracy, recall and precision lie in [0, 1]",
+                    "E0420", f"{value} is not a probability; accuracy, recall and precision lie in [0, 1]",
                     operand.span, help="write a fraction: 93% is `0.93`",
                 )
                 return None
@@ -364,7 +428,10 @@ class ClauseTyper:
             if not self._require_numeric(part, "in [lo, hi]", span):
                 return None
         if not (low.type.is_scalar and high.type.is_scalar):
-            self.reporter.error("E0402", "the bounds of `in [lo, hi]` must be single numbers", node.low.span)
+            self.reporter.error(
+                "E0402", "the bounds of `in [lo, hi]` must be single numbers", node.low.span,
+                help="index one element for a bound, e.g. `x in [0, y[0]]`",
+            )
             return None
         shape = (value.type.shape, value.type.axes)
         return ir.InRange(value, low, high, ir.ValueType(ir.Element.BOOL, *shape), node.span)
@@ -424,6 +491,7 @@ class ClauseTyper:
         if len(outputs) != 1:
             self.reporter.error(
                 "E0404", f"`self(...)` needs a module with one output; this one has {len(outputs)}", node.span,
+                help="relate the outputs to the inputs directly; `self` stands for the module's single output",
             )
             return None
         if any(isinstance(arg, ast.KeywordArg) for arg in node.args) or len(node.args) != len(inputs):
@@ -431,6 +499,7 @@ class ClauseTyper:
             self.reporter.error(
                 "E0404", f"`self` takes {len(inputs)} argument{'s' if len(inputs) != 1 else ''} ({names}), "
                 f"{len(node.args)} given", node.span,
+                help=f"pass one value per input, in order: `self({names})`",
             )
             return None
         args = [self.expr(arg, env) for arg in node.args]
@@ -442,6 +511,7 @@ class ClauseTyper:
                 self.reporter.error(
                     "E0307", f"`self` expects `{port.name}` of shape {ir.format_shape(expected.shape)}, "
                     f"found {ir.format_shape(arg.type.shape)}", arg_node.span,
+                    help=f"pass a value shaped like one sample of `{port.name}`",
                 )
                 return None
         output = outputs[0]
@@ -463,7 +533,10 @@ class ClauseTyper:
         output = node.args[0]
         port = env.ports.get(output.id) if isinstance(output, ast.Name) else None
         if port is None or port.direction != "output":
-            self.reporter.error("E0402", f"`{name}` measures an output port's predictions", output.span)
+            self.reporter.error(
+                "E0402", f"`{name}` measures an output port's predictions", output.span,
+                help=f"name the output of scores, e.g. `{name}(y)`",
+            )
             return None
         axes = port_value_type(port.type).axes
         if len(axes) != 1 or axes[0] is None:
@@ -491,7 +564,10 @@ class ClauseTyper:
             self.reporter.error("E0203", "expected a label", node.span, help="write a label such as `5` or `\"cat\"`")
             return None
         if not labels.opaque and literal not in labels:
-            self.reporter.error("E0204", f"label {ir.format_label(literal)} is not in {labels.describe()}", node.span)
+            self.reporter.error(
+                "E0204", f"label {ir.format_label(literal)} is not in {labels.describe()}", node.span,
+                help="use a label of the set, or add this one to the label set",
+            )
             return None
         return ir.LabelConst(literal, label_type, node.span)
 
@@ -554,6 +630,7 @@ class ClauseTyper:
         if env.clause_kind != "ensures":
             self.reporter.error(
                 "E0416", "`forall ... within` quantifies over other inputs; it belongs in an `ensures`", node.span,
+                help="a `requires` speaks of the one input a caller passes; state robustness as an `ensures`",
             )
             return None
         center = env.ports.get(node.center.id) if isinstance(node.center, ast.Name) else None
@@ -581,6 +658,13 @@ class ClauseTyper:
         if body is None or not self._require_bool(body, "forall", node.body.span):
             return None
         return ir.BallQuantifier(node.var.name, radius, center.name, norm, body, ir.BOOL, node.span)
+
+
+def automatic_name(kind: str, span: Span, file_stem: str | None = None) -> str:
+    """The name of a clause written without one: its keyword and where it starts (`ensures@12:3`), with
+    the stem of its file (`ensures@lib:12:3`) where it is seen from a component of another file."""
+    where = f"{file_stem}:" if file_stem is not None else ""
+    return f"{kind}@{where}{span.line}:{span.column}"
 
 
 def port_value_type(tensor: ir.TensorType) -> ir.ValueType:
@@ -722,9 +806,13 @@ class IndexTyper:
         if typed.type.element is not ir.Element.INT or not typed.type.is_scalar:
             self.reporter.error("E0407", f"an index must be an integer, found {typed.type.describe()}", item.span)
             return None
-        position = _constant_int(typed)
-        if position is None:
+        value = self.typer.constant_value(typed)
+        if value is None:
             return ir.IndexDynamic(typed, None)
+        if not float(value).is_integer():  # `2 ** -1` has integer operands and the value 0.5
+            self.reporter.error("E0407", f"an index must be an integer, found {value}", item.span)
+            return None
+        position = int(value)
         if isinstance(dim, ir.DimConst) and not -dim.value <= position < dim.value:
             self.reporter.error(
                 "E0306", f"index {position} is out of range for an axis of size {dim.value}", item.span,
@@ -763,19 +851,13 @@ def _keywords_help(allowed: tuple[str, ...]) -> str:
     return "its keyword arguments are " + ", ".join(f"`{word}`" for word in allowed)
 
 
-def _is_negative(expr: ir.Expr) -> bool:
-    """Whether a written constant is below zero (`-0.1` is the negation of the literal 0.1)."""
-    if isinstance(expr, ir.Const):
-        return expr.value < 0
-    return isinstance(expr, ir.Neg) and isinstance(expr.operand, ir.Const) and expr.operand.value > 0
-
-
-def _constant_int(expr: ir.Expr) -> int | None:
-    if isinstance(expr, ir.Const) and expr.type.element is ir.Element.INT:
-        return int(expr.value)
-    if isinstance(expr, ir.Neg) and isinstance(expr.operand, ir.Const):
-        return -int(expr.operand.value)
-    return None
+def _arithmetic(op: str, left: int | float, right: int | float) -> int | float | complex:
+    """`left op right` as the backends compute it; an integer power goes through floats first so that
+    `10 ** 10 ** 10` overflows at once instead of building a ten-billion-digit integer."""
+    if op == "**" and isinstance(left, int) and isinstance(right, int) and right >= 0:
+        float(left) ** right  # raises OverflowError when the exact power would be huge
+        return left ** right
+    return ir.ARITHMETIC[op](left, right)
 
 
 class BuiltinTyper:
@@ -858,7 +940,7 @@ class BuiltinTyper:
             return None
         if args[0].type.is_scalar:
             self.reporter.error("E0402", "`softmax` needs a vector of scores, found a single number",
-                                self.positional[0].span)
+                                self.positional[0].span, help="pass the whole output of scores, e.g. `softmax(y)`")
             return None
         value_type = args[0].type
         return self._call(args, ir.ValueType(ir.Element.REAL, value_type.shape, value_type.axes))
@@ -870,7 +952,10 @@ class BuiltinTyper:
         if args is None or not all(self._numeric(arg, i) for i, arg in enumerate(args)):
             return None
         if not (args[1].type.is_scalar and args[2].type.is_scalar):
-            self.reporter.error("E0402", "the bounds of `clamp` must be single numbers", self.node.span)
+            self.reporter.error(
+                "E0402", "the bounds of `clamp` must be single numbers", self.node.span,
+                help="write the bounds as numbers, e.g. `clamp(y, 0, 1)`",
+            )
             return None
         value_type = args[0].type
         return self._call(args, ir.ValueType(ir.Element.REAL, value_type.shape, value_type.axes))
@@ -901,7 +986,7 @@ class BuiltinTyper:
         value_type = args[0].type
         if value_type.is_scalar:
             self.reporter.error("E0402", f"`{self.name}` needs a vector, found a single number",
-                                self.positional[0].span)
+                                self.positional[0].span, help=f"pass a tensor, e.g. `{self.name}(y)`")
             return None
         if len(value_type.axes) == 1 and value_type.axes[0] is not None:
             return self._call(args, ir.ValueType(ir.Element.LABEL, labels=value_type.axes[0]))
@@ -955,7 +1040,10 @@ class BuiltinTyper:
                 return None
             axis = int(value)
         if rank == 0:
-            self.reporter.error("E0402", "`flip` needs a tensor, found a single number", self.positional[0].span)
+            self.reporter.error(
+                "E0402", "`flip` needs a tensor, found a single number", self.positional[0].span,
+                help="flip a whole port, e.g. `flip(x, dim=-1)`",
+            )
             return None
         option = ("dim", ir.Const(axis, ir.INT, self.node.span))
         return self._call(args, args[0].type, (option,))
@@ -981,7 +1069,7 @@ class BuiltinTyper:
         if not any(isinstance(node, ir.PortRef) and node.direction == "input" for node in ir.walk(args[1])):
             self.reporter.error(
                 "E0402", "the second argument of `monotone` must be (an element of) an input",
-                self.positional[1].span,
+                self.positional[1].span, help="write `monotone(y[k], x[i])` with `x` an input of the module",
             )
             return None
         return self._call(args, ir.BOOL)

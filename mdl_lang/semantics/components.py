@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
+from pathlib import PurePath
 
 from mdl_lang import ir
-from mdl_lang.semantics.clauses import SHOWN_LABELS, ClauseTyper, port_value_type
+from mdl_lang.semantics.clauses import SHOWN_LABELS, ClauseTyper, automatic_name, port_value_type
 from mdl_lang.semantics.context import Env, FileScope, Symbol
 from mdl_lang.semantics.declarations import Declarations
 from mdl_lang.semantics.shapes import dims_compatible
@@ -18,6 +20,21 @@ TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 def _args_key(args: tuple) -> tuple:
     return tuple(repr(arg) for arg in args)
+
+
+def _seen_from(interface: ir.Interface, file: str) -> ir.Interface:
+    """The interface as a component declared in `file` holds it.
+
+    An automatic clause name (`ensures@5:3`) is unique within its own file only: the clauses of an
+    interface from another file are named with that file's stem too (`ensures@lib:5:3`), so that
+    they differ from the component's own clauses at the same line and column."""
+    clauses = tuple(
+        replace(clause, name=automatic_name(clause.kind, clause.span, PurePath(clause.span.file).stem))
+        if clause.span.file != file and clause.name == automatic_name(clause.kind, clause.span) else clause
+        for clause in interface.clauses
+    )
+    unchanged = all(new is old for new, old in zip(clauses, interface.clauses, strict=True))
+    return interface if unchanged else replace(interface, clauses=clauses)
 
 
 class Components:
@@ -50,7 +67,8 @@ class Components:
         bound = self.declarations.bind_params(decl.params, ref.args, ref.span, env, name, symbol.scope)
         if bound is None:
             return None
-        return self.instantiate(symbol, bound)
+        interface = self.instantiate(symbol, bound)
+        return _seen_from(interface, env.scope.path) if interface is not None else None
 
     def instantiate(self, symbol: Symbol, bound: Env) -> ir.Interface | None:
         """The interface with its parameters bound as `bound` says, built once per distinct arguments."""
@@ -161,6 +179,12 @@ class Components:
     def cost(self, item: ast.CostItem, env: Env, origin: str) -> ir.CostClause | None:
         limit = self._cost_number(item.value, env)
         if limit is None:
+            return None
+        if not math.isfinite(limit):
+            self.reporter.error(
+                "E0314", f"a cost limit of {limit} limits nothing", item.value.span,
+                help="write the limit as a finite number, or leave the metric out of the cost block",
+            )
             return None
         name = item.metric
         if item.metric == "params":
@@ -286,6 +310,7 @@ class Components:
             self.reporter.error(
                 "E0411", f"data set `{data.name}` holds inputs of type {data.input_type.describe()}, "
                 f"but input `{inputs[0].name}` of `{component}` is {expected.describe()}", span,
+                help="a data set's inputs are shaped like one sample of the module's input",
             )
 
 

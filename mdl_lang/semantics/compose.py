@@ -16,6 +16,14 @@ from mdl_lang.semantics.shapes import DimSolver, plain, rename_apart
 from mdl_lang.span import Span
 from mdl_lang.syntax import ast
 
+# The help of a shape mismatch, by the code it is reported under.
+UNIFY_HELP = {
+    "E0501": "each stage's output must have the shape of the next stage's input: change a shape or put an "
+             "adapter stage between them",
+    "E0510": "the composition's ports must match its interface's: change the interface or the composed parts",
+    "E0506": "the parts of a vote all read the same inputs: give them interfaces with the same input types",
+}
+
 
 @dataclass(frozen=True)
 class Signature:
@@ -198,10 +206,13 @@ class _Builder:
                     composition=self.symbol.name, equation=problem.equation,
                 ))
             elif problem.kind == "no-solution":
-                self.reporter.error("E0511", problem.message, span, notes=(Note(message),))
+                self.reporter.error(
+                    "E0511", problem.message, span, notes=(Note(message),),
+                    help="every dimension is a positive integer: change a shape so that the sizes can agree",
+                )
                 ok = False
             else:
-                self.reporter.error(code, message, span, notes=(Note(problem.message),))
+                self.reporter.error(code, message, span, notes=(Note(problem.message),), help=UNIFY_HELP.get(code))
                 ok = False
         return ok
 
@@ -348,7 +359,7 @@ class _Builder:
             if len(mine) != len(declared):
                 self.reporter.error(
                     "E0510", f"`{signature.name}` has {len(mine)} {kind}(s), {interface.name} declares "
-                    f"{len(declared)}", span,
+                    f"{len(declared)}", span, help=UNIFY_HELP["E0510"],
                 )
                 return None
             for port, wanted in zip(mine, declared, strict=True):
@@ -357,7 +368,7 @@ class _Builder:
                 if not self._unify(port.type.dims, wanted.type.dims, span, "E0510", message):
                     return None
                 if not _dtypes_agree(port.type.dtype, wanted.type.dtype):
-                    self.reporter.error("E0510", message, span)
+                    self.reporter.error("E0510", message, span, help=UNIFY_HELP["E0510"])
                     return None
         return signature
 
@@ -389,7 +400,8 @@ class _Builder:
         outputs = (ir.Port(port.name, port.direction, tensor, port.span),)
         # The vote's columns follow the interface, not the order its parts name their labels in:
         # `vote(even, odd) : Classifier[Digit]` scores 0, 1, 2, ... as `Digit` does, not 0, 2, 4, ..., 1, 3.
-        node = signature.node if last.labels.has_other else replace(signature.node, labels=last.labels)
+        # An interface with `other` makes the vote score `other` too: it abstains when no part claims.
+        node = replace(signature.node, labels=last.labels)
         return Signature(node, signature.inputs, outputs, signature.parts, signature.name)
 
 

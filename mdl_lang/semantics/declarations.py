@@ -7,6 +7,8 @@ itself is reported as recursive.
 
 from __future__ import annotations
 
+import math
+
 from mdl_lang import ir
 from mdl_lang.diagnostics import Note
 from mdl_lang.semantics.context import KIND_NOUNS, Env, FileScope, Reporter, Symbol, did_you_mean
@@ -40,7 +42,10 @@ class Declarations:
         return env.scope.lookup(ast.QualifiedName(tuple(name.split(".")), span))
 
     def undefined(self, name: str, span: Span, scope: FileScope, wanted: str, kinds: tuple[str, ...]) -> None:
-        help_text = did_you_mean(name, _names_of_kind(name, scope, kinds))
+        help_text = did_you_mean(name, _names_of_kind(name, scope, kinds)) or (
+            f"declare it in this file, or import the file that does and write `alias.{name}`"
+            if "." not in name else "check the alias and that the imported file declares this name"
+        )
         self.reporter.error("E0101", f"undefined {wanted} `{name}`", span, help=help_text)
 
     def wrong_kind(self, name: str, span: Span, symbol: Symbol, wanted: str) -> None:
@@ -210,7 +215,7 @@ class Declarations:
             if isinstance(value, ir.DimConst) and value.value <= 0:
                 self.reporter.error(
                     "E0302", f"dimension `{symbol.name}` is {value.value}; a dimension must be positive",
-                    item.value.span,
+                    item.value.span, help="a dimension counts the elements of an axis: at least 1",
                 )
                 return None
             return value
@@ -221,9 +226,10 @@ class Declarations:
         """A dimension (`8`, `H * W`, `S - 1`, `_`, `...`, a label set) as IR."""
         match expr:
             case ast.Number():
-                if not expr.is_integer or expr.suffix:
+                if not expr.is_integer or expr.suffix or expr.value <= 0:
                     self.reporter.error(
                         "E0302", f"dimension `{expr.text}` is not a positive integer", expr.span,
+                        help="a dimension is a positive whole number of elements, such as `8`",
                     )
                     return None
                 return ir.DimConst(int(expr.value))
@@ -236,8 +242,7 @@ class Declarations:
             case ast.Binary(op="+" | "-" | "*" | "//" | "/" as op, left=left, right=right):
                 return self._dim_arithmetic(op, left, right, expr, env, allow_labels)
             case ast.LabelSetLiteral() | ast.OtherLabel() | ast.Binary(op="|") if allow_labels:
-                labels = self.label_set(expr, env)
-                return ir.DimLabels(labels) if labels is not None else None
+                return self._label_axis(self.label_set(expr, env), expr.span)
         self.reporter.error(
             "E0302", "expected a dimension", expr.span,
             help="a dimension is an integer, a dim name, arithmetic over them, `_`, `...` or a label set",
@@ -250,7 +255,7 @@ class Declarations:
             if found.opaque and not allow_labels:
                 return ir.DimVar(name)  # an unbound generic parameter used as a size
             if allow_labels:
-                return ir.DimLabels(found)
+                return self._label_axis(found, env.arg_spans.get(name, span))
             self._argument_of_wrong_kind(name, span, env, "a dimension", "a label set", "in dimension arithmetic")
             return None
         if found is not None and not isinstance(found, Symbol):
@@ -261,12 +266,24 @@ class Declarations:
             if found.kind == "labels":
                 if not allow_labels:
                     return self._labels_in_arithmetic(name, span)
-                labels = self.declared_labels(found)
-                return ir.DimLabels(labels) if labels is not None else None
+                return self._label_axis(self.declared_labels(found), span)
             self.wrong_kind(name, span, found, "a dimension")
             return None
         self.undefined(name, span, env.scope, "dimension", ("dim", "labels"))
         return None
+
+    def _label_axis(self, labels: ir.LabelSet | None, span: Span) -> ir.DimLabels | None:
+        """An axis indexed by a label set; an empty set would make an axis of size 0, which no tensor has
+        a use for (`argmax` over it has no answer), so it is reported where the set is written."""
+        if labels is None:
+            return None
+        if not labels.labels and not labels.opaque:
+            self.reporter.error(
+                "E0302", "this axis has no labels: its label set is empty", span,
+                help="a label-indexed axis has one position per label; give the label set at least one label",
+            )
+            return None
+        return ir.DimLabels(labels)
 
     def _argument_of_wrong_kind(self, name: str, use: Span, env: Env, wanted: str, given: str, how: str) -> None:
         """A generic uses parameter `name` as `wanted` but was given `given`: blame the argument, not the generic."""
@@ -284,8 +301,7 @@ class Declarations:
 
     def _dim_arithmetic(self, op: str, left, right, expr, env: Env, allow_labels: bool) -> ir.Dim | None:
         if op == "-" and allow_labels and self.is_label_set_expr(left, env):
-            labels = self.label_set(expr, env)
-            return ir.DimLabels(labels) if labels is not None else None
+            return self._label_axis(self.label_set(expr, env), expr.span)
         if op == "/":
             self.reporter.error(
                 "E0303", "`/` in a dimension", expr.span, help="dimensions are integers: use `//` for floor division",
@@ -306,6 +322,7 @@ class Declarations:
         if isinstance(folded, ir.DimConst) and folded.value <= 0:
             self.reporter.error(
                 "E0302", f"this dimension evaluates to {folded.value}; a dimension must be positive", expr.span,
+                help="a dimension counts the elements of an axis: at least 1",
             )
             return None
         return folded
@@ -373,11 +390,16 @@ class Declarations:
         if a is None or b is None:
             return None
         try:
-            return ir.ARITHMETIC[op](float(a) if op == "**" else a, b)
+            value = ir.ARITHMETIC[op](float(a) if op == "**" else a, b)
         except ZeroDivisionError:
             self.reporter.error("E0312", "division by zero", span)
         except OverflowError:
             self.reporter.error("E0312", "this constant overflows", span)
+        else:
+            problem = not_a_real_number(value)
+            if problem is None:
+                return value
+            self.reporter.error("E0314", f"this constant {problem}", span, help=CONSTANT_HELP)
         return None
 
     def constant_int(self, expr: ast.Expr, env: Env) -> int | None:
@@ -529,6 +551,18 @@ class Declarations:
             )
             return None
         return (float(low), float(high))
+
+
+def not_a_real_number(value: complex | float) -> str | None:
+    """Why a computed constant is no real number (`(-8) ** 0.5` is complex, `inf - inf` NaN), or None.
+
+    Every check and backend compares constants as reals; a complex or NaN bound would crash them
+    or make every comparison false."""
+    if isinstance(value, complex):
+        return "is not a real number: a negative number to a fractional power is complex"
+    if math.isnan(value):
+        return "is not a number (NaN)"
+    return None
 
 
 def _dtype_refines(current: str, new: str) -> bool:

@@ -215,7 +215,7 @@ def _join(items: list[str]) -> str:
 _PREVIOUS_WORD = re.compile(r"(?m)^([ \t]*)([A-Za-z_][A-Za-z0-9_]*)[ \t]*\Z")
 
 
-def _hint(expected: list[str], token, text: str) -> str | None:
+def _hint(expected: list[str], token, text: str) -> str:
     if token.type == "NAME" and str(token) in DECLARATION_WORDS | MEMBER_WORDS:
         return f"`{token}` is a keyword; it cannot be used as a name here"
     start = len(text) if token.type == "$END" else token.start_pos
@@ -227,7 +227,12 @@ def _hint(expected: list[str], token, text: str) -> str | None:
         return "a definition uses one `=`; `==` compares"
     if ":" in expected:
         return "a port or a quantifier needs `:` before what follows"
-    return None
+    if token.type == "$END":
+        return "the file ends inside a declaration: finish it, or remove what is left of it"
+    wanted = _describe_expected(expected)
+    if wanted == "an expression":
+        return "an expression is a number, a name or a call such as `argmax(y)`, alone or joined by operators"
+    return f"only {wanted} can follow what comes before"
 
 
 def _unfinished_before(text: str) -> str | None:

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedInput, UnexpectedToken, VisitError
 from lark.lexer import PatternStr
 
 from mdl_lang.diagnostics import Diagnostic
@@ -85,6 +85,18 @@ NESTING_LIMIT = 30_000
 
 
 @contextmanager
+def deep_nesting() -> Iterator[None]:
+    """Allow recursion as deep as the nesting the front end accepts, for any pass that walks its trees
+    (the checker, and the Z3 encoder, which recurses once per level of the IR)."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, NESTING_LIMIT))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+@contextmanager
 def front_end_context() -> Iterator[None]:
     """Run a front-end pass with the cyclic garbage collector paused and deep nesting allowed.
 
@@ -92,13 +104,11 @@ def front_end_context() -> Iterator[None]:
     collector's passes over them cost about a third of the parse time.
     """
     was_enabled = gc.isenabled()
-    limit = sys.getrecursionlimit()
     gc.disable()
-    sys.setrecursionlimit(max(limit, NESTING_LIMIT))
     try:
-        yield
+        with deep_nesting():
+            yield
     finally:
-        sys.setrecursionlimit(limit)
         if was_enabled:
             gc.enable()
 
@@ -127,7 +137,7 @@ def _parse(text: str, file: str) -> ParseResult:
     while True:
         attempt = _blank_prefix(text, offset)
         try:
-            result = _Builder(file).transform(_parser().parse(attempt))
+            result = _build(_parser().parse(attempt), file)
         except UnexpectedInput as error:
             diagnostics.append(describe_syntax_error(error, attempt, file, terminal_spellings()))
             resume = _next_declaration(text, _error_offset(error, attempt))
@@ -144,6 +154,18 @@ def _parse(text: str, file: str) -> ParseResult:
     comments, escape_errors = _comments_and_escape_errors(text, file)
     tree = ast.SpecFile(tree.spec, tree.decls, comments, tree.span)
     return ParseResult(tree, tuple(escape_errors))
+
+
+def _build(tree, file: str) -> ast.SpecFile:
+    """The syntax tree of a parse tree. lark wraps an exception raised in a builder callback in a
+    VisitError; a RecursionError (nesting deeper than the limit) is re-raised as itself so that the
+    callers report it as E0007, like one raised by the parser."""
+    try:
+        return _Builder(file).transform(tree)
+    except VisitError as error:
+        if isinstance(error.orig_exc, RecursionError):
+            raise RecursionError(str(error.orig_exc)) from None
+        raise
 
 
 # ---------------------------------------------------------------- recovery

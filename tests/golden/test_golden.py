@@ -77,7 +77,9 @@ def found_diagnostics(result: CheckResult) -> list[Expected]:
 def test_diagnostics_are_the_ones_the_header_expects(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     expected = header_expectations(case)
     assert expected, f"{case.name} has no `# expect:` line: a case must produce a diagnostic"
-    assert found_diagnostics(check_case(case, monkeypatch)) == sorted(expected)
+    result = check_case(case, monkeypatch)
+    assert found_diagnostics(result) == sorted(expected)
+    assert all(diagnostic.help for diagnostic in result.diagnostics), "every diagnostic says how to fix it"
 
 
 @pytest.mark.parametrize("case", CASE_FILES, ids=lambda case: case.stem)
