@@ -373,6 +373,10 @@ def export_vnnlib(component, module, clause_name: str, point, input_shape: tuple
         if ball is not None:
             if point is None:
                 raise UsageError(f"clause `{clause_name}` is a robustness clause: give the point with --point")
+            excluded = region.excluded_because(point)
+            if excluded is not None:
+                raise UsageError(f"--point is not an input of `{component.name}`: {excluded}; `{clause_name}` "
+                                 "promises nothing there")
             label = int(output.argmax())
             query = robustness_query(ball.radius, point, label, output.numel(), region, clause_name)
             if query is None:

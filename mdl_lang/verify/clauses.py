@@ -39,11 +39,31 @@ class Form:
 
 @dataclass(frozen=True)
 class InputRegion:
-    """The input box and linear input constraints from the port's range and the `requires`."""
+    """The input box and linear input constraints from the port's range and the `requires`.
+
+    `value_range` is the port type's own range and `origins` names, per constraint, the `requires`
+    it comes from: a robustness centre outside either is no input the clause speaks about."""
 
     lower: torch.Tensor
     upper: torch.Tensor
     constraints: tuple[LinearConstraint, ...]
+    value_range: tuple[float, float] | None = None
+    origins: tuple[str, ...] = ()
+
+    def excluded_because(self, point: torch.Tensor) -> str | None:
+        """Why `point` (one sample) is not an input of the module: outside the port's range, or breaking a
+        `requires`; None when it is one. Exact in float64, as the constraints are."""
+        flat = point.reshape(1, -1).to(torch.float64)
+        if self.value_range is not None:
+            low, high = self.value_range
+            outside = ((flat < low) | (flat > high)).flatten().nonzero().flatten()
+            if outside.numel():
+                index = int(outside[0])
+                return f"element {index} is {float(flat[0, index]):.6g}, outside the input's range [{low:g}, {high:g}]"
+        for constraint, origin in zip(self.constraints, self.origins, strict=False):
+            if not bool(constraint.holds(flat)[0]):
+                return f"it breaks the requires `{origin}`"
+        return None
 
 
 @dataclass(frozen=True)
@@ -89,13 +109,15 @@ def input_region(component: ir.Module, input_shape: tuple[int, ...]) -> InputReg
     lower = torch.full((size,), float(low), dtype=torch.float64)
     upper = torch.full((size,), float(high), dtype=torch.float64)
     constraints: list[LinearConstraint] = []
+    origins: list[str] = []
     for clause in component.all_clauses:
         if clause.kind != "requires":
             continue
         for constraint in _conditions(clause.expr, port.name, input_shape, f"`requires {clause.name}`"):
             constraints.append(constraint)
+            origins.append(clause.name)
             _narrow_box(constraint, lower, upper)
-    return InputRegion(lower, upper, tuple(constraints))
+    return InputRegion(lower, upper, tuple(constraints), port.type.value_range, tuple(origins))
 
 
 def _narrow_box(constraint: LinearConstraint, lower: torch.Tensor, upper: torch.Tensor) -> None:

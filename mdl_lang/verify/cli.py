@@ -52,7 +52,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     import torch
 
     from mdl_lang import ir
-    from mdl_lang.verify.runner import VerifySettings, verify_module
+    from mdl_lang.verify.runner import PointsMismatch, VerifySettings, verify_module
 
     progress = None if args.format == "json" else (lambda line: print(line, file=sys.stderr, flush=True))
     wanted = list(dict.fromkeys(args.module))
@@ -72,7 +72,7 @@ def _run_verify(args: argparse.Namespace) -> int:
                 raise UsageError(str(error)) from error
 
             def data_points(clause: ir.Clause, spec=spec) -> torch.Tensor | None:
-                return _data_points(spec, clause, instantiate)
+                return _data_points(spec, clause, instantiate, UsageError)
 
             settings = VerifySettings(
                 timeout_s=args.timeout, points=points, data_points=data_points, max_points=args.max_points,
@@ -82,6 +82,9 @@ def _run_verify(args: argparse.Namespace) -> int:
                 report.results.extend(verify_module(spec, name, model, settings))
             except BindingError as error:
                 raise UsageError(str(error)) from error
+            except PointsMismatch as error:
+                source = "the robustness points of its data set" if error.from_data else f"--points {args.points}"
+                raise UsageError(f"{source}: {error}") from error
     missing = [name for name in wanted if name not in found]
     if missing:
         raise UsageError(f"no module named {', '.join(missing)} in {', '.join(str(p) for p in args.paths)}")
@@ -107,8 +110,9 @@ def _load_points(path: Path | None, usage_error: type[Exception]):
     return loaded
 
 
-def _data_points(spec, clause, instantiate):
-    """Robustness centres from the clause's `on DATA` set, else the spec's only data set with a binding."""
+def _data_points(spec, clause, instantiate, usage_error: type[Exception]):
+    """Robustness centres from the clause's `on DATA` set, else the spec's only data set with a binding;
+    inputs that do not keep the data declaration's input type are a usage error naming the declaration."""
     import torch
 
     candidates = []
@@ -121,11 +125,40 @@ def _data_points(spec, clause, instantiate):
         candidates = [data for data in spec.data.values() if data.binding is not None]
     if len(candidates) != 1 or candidates[0].binding is None:
         return None
-    loaded = instantiate(candidates[0].binding, candidates[0].file)
+    data = candidates[0]
+    loaded = instantiate(data.binding, data.file)
     if isinstance(loaded, tuple) and len(loaded) == 2:
-        return torch.as_tensor(loaded[0])
-    if isinstance(loaded, torch.utils.data.Dataset):
-        return torch.stack([torch.as_tensor(loaded[i][0]) for i in range(len(loaded))])
+        inputs = torch.as_tensor(loaded[0])
+    elif isinstance(loaded, torch.utils.data.Dataset):
+        inputs = torch.stack([torch.as_tensor(loaded[i][0]) for i in range(len(loaded))])
+    else:
+        return None
+    problem = _shape_problem(data, inputs)
+    if problem is not None:
+        where = f"{data.span.file}:{data.span.line}:{data.span.column}"
+        raise usage_error(f"data `{data.name}` ({where}, binding `{data.binding}`): {problem}")
+    return inputs
+
+
+def _shape_problem(data, inputs) -> str | None:
+    """Why the loaded inputs do not have the declared input type's sample shape (fixed sizes and label
+    sets compared; a symbolic dim takes any size), or None when they do."""
+    from mdl_lang import ir
+
+    dims = data.input_type.sample_dims
+    declared = data.input_type.describe()
+    if any(isinstance(dim, ir.DimEllipsis) for dim in dims):
+        return None
+    sample = tuple(inputs.shape[1:])
+    if inputs.dim() < 1 or len(sample) != len(dims):
+        return f"its inputs have shape {list(inputs.shape)}, but the declaration gives {declared}"
+    for axis, (dim, size) in enumerate(zip(dims, sample, strict=True)):
+        wanted = dim.value if isinstance(dim, ir.DimConst) else (
+            len(dim.labels) if isinstance(dim, ir.DimLabels) and not dim.labels.opaque else None)
+        if wanted is not None and wanted != size:
+            elements = f"{size} element{'s' if size != 1 else ''}"
+            return f"its inputs have shape {list(inputs.shape)}: axis {axis + 1} has {elements}, but the " \
+                   f"declaration gives {declared}"
     return None
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mdl_lang import ir
-from mdl_lang.report import Result, Verdict, Witness
+from mdl_lang.report import Blame, Result, Role, Verdict, Witness
 from mdl_lang.span import NO_SPAN
 from mdl_lang.verify.clauses import (
     InputRegion,
@@ -35,6 +35,15 @@ from mdl_lang.verify.extract import Extraction, Unsupported, extract
 from mdl_lang.verify.query import LinearConstraint, Outcome, Query
 
 BACKEND = "z3"
+
+
+class PointsMismatch(ValueError):
+    """Robustness centres whose samples do not have the input port's shape: a bad `--points` file
+    (`from_data` False) or a data binding that does not keep its declaration. Never reshaped to fit."""
+
+    def __init__(self, message: str, from_data: bool) -> None:
+        super().__init__(message)
+        self.from_data = from_data
 
 
 @dataclass(frozen=True)
@@ -165,6 +174,12 @@ class _ClauseChecker:
         promised = self._premise_holds(promise.premise, points, outputs)
         results = []
         for index in range(points.shape[0]):
+            excluded = self.region.excluded_because(points[index])
+            if excluded is not None:
+                results.append(_result(self.name, clause, Verdict.SKIP,
+                                       f"point {index}: not an input of `{self.name}`: {excluded}; the clause "
+                                       "promises nothing there", samples=(index,)))
+                continue
             if not bool(promised[index]):
                 results.append(_result(self.name, clause, Verdict.PASS,
                                        f"point {index}: holds: the premise is false at the point (evaluated "
@@ -177,7 +192,7 @@ class _ClauseChecker:
                 results.append(_result(self.name, clause, Verdict.SKIP,
                                        f"point {index}: its ball misses the input's range", samples=(index,)))
                 continue
-            results.append(self._decide(clause, query, argmax=True, sample=index))
+            results.append(self._decide(clause, query, argmax=True, sample=index, centre=points[index]))
         return results
 
     def _premise_holds(self, premise: ir.Expr | None, points: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
@@ -195,14 +210,23 @@ class _ClauseChecker:
             raise Untranslatable(f"the premise cannot be evaluated at the points: {error}") from error
 
     def _points(self, clause: ir.Clause) -> torch.Tensor | None:
+        """The robustness centres, each of the input port's shape; `PointsMismatch` when they are not."""
         points = self.settings.points
-        if points is None and self.settings.data_points is not None:
+        from_data = points is None
+        if from_data and self.settings.data_points is not None:
             points = self.settings.data_points(clause)
         if points is None:
             return None
+        expected = self.networks.input_shape
+        if points.dim() < 1 or tuple(points.shape[1:]) != expected:
+            raise PointsMismatch(
+                f"points of shape {list(points.shape)} hold samples of shape {list(points.shape[1:])}, but input "
+                f"`{self.input_port.name}` of `{self.name}` takes one of shape {list(expected)}", from_data)
         return points[: self.settings.max_points].to(torch.float64)
 
-    def _decide(self, clause: ir.Clause, query: Query, argmax: bool, sample: int | None = None) -> Result:
+    def _decide(self, clause: ir.Clause, query: Query, argmax: bool, sample: int | None = None,
+                centre: torch.Tensor | None = None) -> Result:
+        """The verdict on one query; `sample` and `centre` name the robustness point it is about."""
         try:
             network = self.networks.get(argmax=argmax).network
         except Unsupported as error:
@@ -216,9 +240,10 @@ class _ClauseChecker:
                                reference=self.networks.reference, seed=self.settings.seed)
         if self.settings.progress is not None:
             self.settings.progress(f"verify {self.name}: {query.name}: {outcome.verdict} in {outcome.elapsed_s:.2f}s")
-        return self._outcome_result(clause, query, outcome, sample)
+        return self._outcome_result(clause, query, outcome, sample, centre)
 
-    def _outcome_result(self, clause: ir.Clause, query: Query, outcome: Outcome, sample: int | None) -> Result:
+    def _outcome_result(self, clause: ir.Clause, query: Query, outcome: Outcome, sample: int | None,
+                        centre: torch.Tensor | None) -> Result:
         samples = () if sample is None else (sample,)
         where = "" if sample is None else f"point {sample}: "
         timing = f" in {outcome.elapsed_s:.2f}s"
@@ -233,16 +258,29 @@ class _ClauseChecker:
                            samples=samples)
         point = outcome.counterexample
         replay = self._save_replay(clause, query, point, sample)
-        values = (
+        values: tuple[tuple[str, str], ...] = (
             (f"{self.input_port.name} (counterexample)", _summary(point)),
             (f"{self.output_port.name} (float32 replay)", _summary(outcome.replay_output)),
-            ("distance to the box centre (linf)", f"{_distance(point, query):.4g}"),
         )
+        if centre is None:
+            box_centre = (query.lower + query.upper) / 2
+            values += (("distance to the box centre (linf)", f"{_distance(point, box_centre):.4g}"),)
+        else:
+            values += ((f"{self.input_port.name} (ball centre, point {sample})", _summary(centre)),
+                       ("distance to the ball centre (linf)", f"{_distance(point, centre):.4g}"))
         witness = Witness(samples, values, replay)
+        # The counterexample lies in the input's range and keeps every `requires` (the query's region), and a
+        # robustness centre that breaks them is skipped before: the ensures failed while the requires held.
+        blame = Blame(self.name, Role.MODULE, (self.name,),
+                      f"ensures `{clause.name}` fails at an input that keeps its requires")
         return _result(self.name, clause, Verdict.FAIL, f"{where}refuted{timing}: {outcome.reason}",
-                       samples=samples, witness=witness)
+                       samples=samples, witness=witness, blame=blame)
 
     def _save_replay(self, clause: ir.Clause, query: Query, point: torch.Tensor, sample: int | None) -> str | None:
+        """The counterexample as `mdl replay` reads it: the input itself, or for a robustness point (`sample`) the
+        ball's centre under the input's name and the counterexample under the ball's variable (`x2`), so that the
+        replay re-checks the clause at that centre with that point. The spec path is absolute: a replay may run
+        from another folder."""
         folder = self.settings.replay_dir
         if folder is None or point is None:
             return None
@@ -250,10 +288,16 @@ class _ClauseChecker:
         suffix = "" if sample is None else f"-point{sample}"
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.name}-{clause.name}{suffix}").strip("_")
         path = folder / f"{stem}-verify.pt"
+        shape = (1, *self.networks.input_shape)
+        inputs = {self.input_port.name: point.reshape(shape).clone()}
+        ball = next((node for node in ir.walk(clause.expr) if isinstance(node, ir.BallQuantifier)), None)
+        if sample is not None and ball is not None:
+            centre = self._points(clause)[sample]
+            inputs = {self.input_port.name: centre.reshape(shape).to(point.dtype),
+                      ball.var: inputs[self.input_port.name]}
         torch.save({
-            "schema": "mdl-replay/1", "spec": self.component.file, "component": self.name, "clause": clause.name,
-            "kind": clause.kind, "samples": [0],
-            "inputs": {self.input_port.name: point.reshape(1, *self.networks.input_shape).clone()},
+            "schema": "mdl-replay/1", "spec": str(Path(self.component.file).resolve()), "component": self.name,
+            "clause": clause.name, "kind": clause.kind, "samples": [0], "inputs": inputs,
         }, path)
         return str(path)
 
@@ -272,9 +316,8 @@ def _progress_printer(sink: Callable[[str], None] | None, label: str):
     return report
 
 
-def _distance(point: torch.Tensor, query: Query) -> float:
-    centre = (query.lower + query.upper) / 2
-    return float((point.reshape(-1).to(torch.float64) - centre).abs().max())
+def _distance(point: torch.Tensor, centre: torch.Tensor) -> float:
+    return float((point.reshape(-1).to(torch.float64) - centre.reshape(-1).to(torch.float64)).abs().max())
 
 
 def _summary(tensor: torch.Tensor | None) -> str:
@@ -289,8 +332,8 @@ def _summary(tensor: torch.Tensor | None) -> str:
 
 
 def _result(component: str, clause: ir.Clause, verdict: Verdict, message: str, samples: tuple[int, ...] = (),
-            witness: Witness | None = None) -> Result:
+            witness: Witness | None = None, blame: Blame | None = None) -> Result:
     if witness is None and samples:
         witness = Witness(samples)
     return Result(component, clause.name, clause.kind, clause.fragment.value, BACKEND, verdict, clause.span,
-                  message, None, witness)
+                  message, blame, witness)

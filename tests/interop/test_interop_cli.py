@@ -199,3 +199,12 @@ def test_export_usage_errors(tmp_path: Path) -> None:
         _export(tmp_path, "--vnnlib", str(tmp_path / "r.vnnlib"), "--clause", "robust")
     with pytest.raises(UsageError, match=r"has no ensures clause `nope` \(it has: robust, bounded\)"):
         _export(tmp_path, "--vnnlib", str(tmp_path / "r.vnnlib"), "--clause", "nope")
+
+
+def test_export_refuses_a_point_outside_the_input_range(tmp_path: Path) -> None:
+    # (1.02, ...) is no input of `tiny` (x in [0, 1]), though its ball of 0.05 meets the range.
+    torch.save(torch.tensor([1.02, 0.5, 0.5, 0.5]), tmp_path / "outside.pt")
+    with pytest.raises(UsageError, match=r"--point is not an input of `tiny`: element 0 is 1\.02, outside the "
+                                         r"input's range \[0, 1\]"):
+        _export(tmp_path, "--vnnlib", str(tmp_path / "r.vnnlib"), "--clause", "robust",
+                "--point", str(tmp_path / "outside.pt"))

@@ -207,3 +207,66 @@ def test_a_premise_about_the_point_is_evaluated_there(spec_file: Path, tmp_path:
     assert all("premise is false" in r["message"] for r in confident[1:])
     assert [r["verdict"] for r in bare][:2] == ["pass", "fail"]
     assert status == 1
+
+
+HALF_SPEC = '''
+spec half
+
+dim B : batch
+type In = Tensor[B, 2] float32 in [0, 1]
+
+interface HalfThree {
+  input x: In
+  output y: Tensor[B, 3] float32
+  requires x[0] <= 0.5
+}
+
+module halfclf : HalfThree {
+  python "tiny_factories:classifier"
+  ensures wide: forall x2 within 0.45 of x (linf): argmax(self(x2)) == argmax(y)
+}
+'''
+
+
+def test_a_centre_that_breaks_the_requires_is_skipped_and_a_refutation_blames_the_module(
+        spec_file: Path, tmp_path: Path, capsys) -> None:
+    # (0.9, 0.1) breaks x[0] <= 0.5, though its ball meets the region (x0 in [0.45, 0.5]) where class 1
+    # wins: the clause promises nothing there. (0.1, 0.9) keeps it, and its ball reaches class 2.
+    path = spec_file.with_name("half.mdl")
+    path.write_text(HALF_SPEC)
+    points = tmp_path / "points.pt"
+    torch.save(torch.tensor([[0.9, 0.1], [0.1, 0.9]]), points)
+    args = ["verify", str(path), "--module", "halfclf", "--points", str(points), "--replay-dir", str(tmp_path)]
+    assert main([*args, "--format", "json"]) == 1
+    skipped, refuted = _json(capsys)["results"]
+    assert skipped["verdict"] == "skip" and "breaks the requires `requires@10:3`" in skipped["message"]
+    assert refuted["verdict"] == "fail"
+    assert refuted["blame"] == {"party": "halfclf", "role": "module", "path": ["halfclf"],
+                                "reason": "ensures `wide` fails at an input that keeps its requires"}
+    values = refuted["witness"]["values"]
+    assert values["x (ball centre, point 1)"].endswith("[0.1, 0.9]")
+    assert float(values["distance to the ball centre (linf)"]) <= 0.45 + 1e-6
+    assert main(args) == 1
+    text = capsys.readouterr().out
+    assert "blame: halfclf (module)" in text and "x (ball centre, point 1)" in text
+
+
+def test_points_of_the_wrong_shape_are_a_usage_error_never_reshaped(spec_file: Path, tmp_path: Path, capsys) -> None:
+    points = tmp_path / "points.pt"
+    torch.save(torch.rand(3, 5), points)  # 15 numbers: neither 2 per sample nor a reshape of them
+    assert main(["verify", str(spec_file), "--module", "clf", "--points", str(points)]) == 2
+    err = capsys.readouterr().err
+    assert f"--points {points}" in err and "samples of shape [5]" in err and "shape [2]" in err
+    assert "internal error" not in err
+
+
+def test_data_inputs_that_break_their_declaration_are_a_usage_error(spec_file: Path, capsys) -> None:
+    # The binding returns one column for `(In, ...)` with In = Tensor[B, 2]: not points (v, v).
+    (spec_file.parent / "narrow_factories.py").write_text(
+        "import torch\n\ndef narrow():\n    return torch.rand(6, 1), torch.zeros(6, dtype=torch.long)\n")
+    path = spec_file.with_name("narrow.mdl")
+    path.write_text(SPEC.replace('data grid : (In, {0, 1, 2}) { python "tiny_factories:points" }',
+                                 'data grid : (In, {0, 1, 2}) { python "narrow_factories:narrow" }'))
+    assert main(["verify", str(path), "--module", "clf"]) == 2
+    err = capsys.readouterr().err
+    assert "data `grid`" in err and "[6, 1]" in err and "Tensor[B, 2]" in err

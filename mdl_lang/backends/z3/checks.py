@@ -1,20 +1,25 @@
 """The spec proofs of `mdl check`: vacuity, `a >> b`, behavioural subtyping and `replace`, with Z3.
 
 Each check becomes queries over the per-sample clauses and type refinements of
-the parts (statistical, relational and cost clauses are outside: they neither
-help a proof nor are proved here). A refuted implication is an error with a
+the parts (statistical, relational and cost clauses are outside: they never
+help a proof; `replace` compares those of `old` with `new`'s as written, and cost
+bounds as numbers, and reports the rest unknown). A refuted implication is an error with a
 counter-model in the spec's terms, blamed as LANGUAGE.md section 7 says: the
 composition when `a >> b` does not fit, the module when subtyping fails. An
 undecided one is a warning with its reason. Every answer is also a `Result`
 (backend `z3`) for `mdl check --format json`.
 
 Shapes: a symbolic dim takes its size from the port it is connected to when it
-can; one that nothing binds gets `DEFAULT_DIM_SIZE`, and the proof then holds for
-that size (the docs say so).
+can; one that nothing binds (a free dim, `_`, `...`) is first tried at
+`DEFAULT_DIM_SIZE`. An answer that reads a tensor of such a size holds for that
+size only, so the question is asked again with those tensors summarised for every
+size (`Prover.answer(every_size=True)`); what that does not settle is `unknown`,
+naming the free dims and the size tried, never a proof or an error.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from mdl_lang import ir
@@ -27,6 +32,8 @@ from mdl_lang.backends.z3.solve import (
     Query,
     Settings,
     TensorVar,
+    conflicting_dims,
+    plain_dims,
     render_model,
     solve_dims,
     verb,
@@ -35,7 +42,7 @@ from mdl_lang.diagnostics import Diagnostic, Note, SourceMap
 from mdl_lang.report import Blame, Result, Role, Verdict
 from mdl_lang.span import Span
 
-OUTSIDE = "statistical, relational and cost clauses are outside the Z3 spec check (`mdl test` checks them)"
+OUTSIDE = "statistical and relational clauses are outside the Z3 spec check"
 
 
 @dataclass(frozen=True)
@@ -74,26 +81,35 @@ class Goal:
 
 
 class _Tensors:
-    """The tensors of one query: sample shapes fixed, dims bound per party, names kept distinct."""
+    """The tensors of one query: sample shapes fixed, dims bound per party, names kept distinct, and per
+    party the free dims that were given the size tried (`assumed`)."""
 
     def __init__(self) -> None:
         self.vars: list[TensorVar] = []
         self.dims: dict[str, dict[str, int]] = {}
+        self.assumed: dict[str, set[str]] = {}
 
-    def add(self, name: str, tensor: ir.TensorType, shape: tuple[int, ...], owner: str = "") -> int:
-        """A tensor named `name`, or `owner.name` when that name is taken (`a`'s input `x` in `a >> b`)."""
+    def add(self, name: str, tensor: ir.TensorType, shape: tuple[int, ...], party: str, owner: str = "",
+            sized_by: tuple[ir.TensorType, str] | None = None) -> int:
+        """A tensor named `name`, or `owner.name` when that name is taken (`a`'s input `x` in `a >> b`).
+        Its shape rests on free dims as the type of `sized_by` (a type and its party) does: by default its own."""
         taken = {var.name for var in self.vars}
         shown = name if name not in taken else f"{owner}.{name}" if owner else f"{name}#{len(self.vars)}"
-        axes = tuple(dim.labels if isinstance(dim, ir.DimLabels) else None for dim in tensor.sample_dims
-                     if not isinstance(dim, ir.DimEllipsis))
-        self.vars.append(TensorVar(shown, shape, _element(tensor.dtype), axes if len(axes) == len(shape) else ()))
+        axes = tuple(dim.labels if isinstance(dim, ir.DimLabels) and not dim.labels.opaque else None
+                     for dim in tensor.sample_dims if not isinstance(dim, ir.DimEllipsis))
+        source, source_party = sized_by if sized_by is not None else (tensor, party)
+        assumed = self.assumed.get(source_party, set())
+        free = tuple(dict.fromkeys(name for dim in source.sample_dims for name in _free_in(dim, assumed)))
+        self.vars.append(TensorVar(shown, shape, _element(tensor.dtype), axes if len(axes) == len(shape) else (),
+                                   free))
         return len(self.vars) - 1
 
     def env(self, party: str) -> dict[str, int]:
         return self.dims.setdefault(party, {})
 
     def shape(self, tensor: ir.TensorType, party: str, fill: bool) -> tuple[int, ...] | None:
-        """The sample shape under the party's bound dims; with `fill`, unbound dims get the default size."""
+        """The sample shape under the party's bound dims; with `fill`, free dims get the size tried
+        (`...` no axes), and are remembered as assumed."""
         env = self.env(party)
         shape = []
         for dim in tensor.sample_dims:
@@ -101,41 +117,73 @@ class _Tensors:
                 if not fill:
                     return None
                 continue
-            size = _size(dim, env, fill)
+            size = _size(dim, env, self.assumed.setdefault(party, set()) if fill else None)
             if size is None:
                 return None
             shape.append(size)
         return tuple(shape)
 
-    def bind(self, tensor: ir.TensorType, shape: tuple[int, ...], party: str) -> None:
+    def free_axes(self, tensor: ir.TensorType, party: str) -> tuple[bool, ...]:
+        """Per axis (but `...`), whether its size rests on a free dim of the party."""
+        assumed = self.assumed.get(party, set())
+        return tuple(bool(_free_in(dim, assumed)) for dim in tensor.sample_dims
+                     if not isinstance(dim, ir.DimEllipsis))
+
+    def bind(self, tensor: ir.TensorType, shape: tuple[int, ...], party: str, free: tuple[bool, ...]) -> None:
+        """The party's dims take the sizes of `shape`; one whose size was a free dim's stays free (`free`)."""
         dims = tensor.sample_dims
         if any(isinstance(dim, ir.DimEllipsis) for dim in dims) or len(dims) != len(shape):
             return
         env = self.env(party)
-        for dim, size in zip(dims, shape, strict=True):
+        for dim, size, assumed in zip(dims, shape, free, strict=False):
             if isinstance(dim, ir.DimVar) and dim.name not in env:
                 env[dim.name] = size
+                if assumed:
+                    self.assumed.setdefault(party, set()).add(dim.name)
 
     def query(self, premises: list[Fact], goal: Fact | None) -> Query:
         return Query(tuple(self.vars), tuple(premises), goal)
 
 
-def _size(dim: ir.Dim, env: dict[str, int], fill: bool) -> int | None:
+def _size(dim: ir.Dim, env: dict[str, int], assumed: set[str] | None) -> int | None:
+    """The size of a dim under `env`; with `assumed` given, a free one gets the size tried and is added to it."""
     match dim:
         case ir.DimConst(value=value):
             return value
         case ir.DimLabels(labels=labels):
-            return None if labels.opaque else len(labels)
+            if labels.opaque:
+                return DEFAULT_DIM_SIZE if assumed is not None else None
+            return len(labels)
         case ir.DimVar(name=name):
-            if name not in env and fill:
+            if name not in env and assumed is not None:
                 env[name] = DEFAULT_DIM_SIZE
+                assumed.add(name)
             return env.get(name)
         case ir.DimBinary(op=op, left=left, right=right):
-            a, b = _size(left, env, fill), _size(right, env, fill)
+            a, b = _size(left, env, assumed), _size(right, env, assumed)
             if a is None or b is None or (op == "//" and b == 0):
                 return None
             return ir.ARITHMETIC[op](a, b)
-    return DEFAULT_DIM_SIZE if fill else None
+    return DEFAULT_DIM_SIZE if assumed is not None else None
+
+
+def _free_in(dim: ir.Dim, assumed: set[str]) -> list[str]:
+    """The free dims a dim's size rests on, as the spec writes them (`S`, `_`, `...`, an opaque label set)."""
+    match dim:
+        case ir.DimVar(name=name):
+            return [name] if name in assumed else []
+        case ir.DimBinary(left=left, right=right):
+            return _free_in(left, assumed) + _free_in(right, assumed)
+        case ir.DimAny() | ir.DimEllipsis():
+            return [str(dim)]
+        case ir.DimLabels(labels=labels) if labels.opaque:
+            return [str(dim)]
+    return []
+
+
+def _tried(free: tuple[str, ...]) -> str:
+    """`S` = 3, `...` as no axes: the sizes the first answer was found with."""
+    return ", ".join("`...` as no axes" if name == "..." else f"`{name}` = {DEFAULT_DIM_SIZE}" for name in free)
 
 
 def _element(dtype: str | None) -> ir.Element:
@@ -181,7 +229,7 @@ class SpecProofs:
             elif obligation.kind == "dims" and obligation.equation is not None:
                 equations.setdefault(obligation.composition, []).append(obligation)
         for composition, undecided in equations.items():
-            self.dims(composition, undecided)
+            self.dims(spec, composition, undecided)
 
     def _text(self, clause: ir.Clause) -> str:
         """The clause as written, without its keyword (`0 <= x <= 1`, or `name: ...`)."""
@@ -195,6 +243,34 @@ class SpecProofs:
             return False
         self._reported.add(key)
         return True
+
+    def _answer(self, query: Query, universal: bool = True) -> Outcome:
+        """The answer to a query, for every size of the free dims it reads.
+
+        `universal` questions (an implication: for every size and input) and the existential one of vacuity
+        (some size and input) differ in what the size tried settles: a witness found with it is one, a proof
+        or a refutation with it is not. The rest is asked again with every tensor of a free size summarised
+        for all its sizes: unsatisfiable there is a proof (or, for vacuity, no input at any size); what it
+        leaves open is `unknown`, naming the free dims and the size tried."""
+        outcome = self.prover.answer(query)
+        free = tuple(dict.fromkeys(name for var in query.tensors for name in var.free))
+        if not free or (not universal and outcome.answer is Answer.PROVED):
+            return outcome
+        general = self.prover.answer(query, every_size=True)
+        if general.answer is not Answer.UNKNOWN:
+            return general
+        if outcome.answer is Answer.UNKNOWN:
+            found = f"{outcome.reason} (with {_tried(free)})"
+        elif not universal:
+            found = f"with {_tried(free)} no input keeps them"
+        elif outcome.answer is Answer.PROVED:
+            found = f"it holds with {_tried(free)}"
+        else:
+            found = f"with {_tried(free)} it fails ({render_model(outcome.model)})"
+        names = ", ".join(f"`{name}`" for name in free)
+        verb, pronoun = ("is", "it") if len(free) == 1 else ("are", "them")
+        return Outcome(Answer.UNKNOWN, f"{found}, but {names} {verb} free (nothing binds {pronoun}) and the "
+                       "min/max/sum summary that covers every size does not settle it", free=free)
 
     # ------------------------------------------------------------ vacuity
 
@@ -216,23 +292,24 @@ class SpecProofs:
             return
         if outcome.answer is Answer.UNKNOWN:
             self._unknown(party.name, requires[-1], "requires", f"whether any input keeps the `requires` of "
-                          f"`{party.name}`", outcome.reason, requires[-1].span)
+                          f"`{party.name}`", outcome, requires[-1].span)
             return
         self._vacuous(party, requires[emptied - 1], requires[:emptied - 1])
 
     def _vacuity_answer(self, party: Party, requires: tuple[ir.Clause, ...]) -> tuple[Outcome, int]:
         """Whether some input keeps every `requires`; when none does, how many of them first leave none."""
         tensors = _Tensors()
-        positions = [tensors.add(port.name, port.type, tensors.shape(port.type, party.name, fill=True) or ())
-                     for port in party.inputs]
+        positions = [tensors.add(port.name, port.type, tensors.shape(port.type, party.name, fill=True) or (),
+                                 party.name) for port in party.inputs]
         ports = _ports(party.inputs, positions)
         premises = _range_facts(party.inputs, positions)
-        outcome = self.prover.answer(tensors.query(premises + [Fact(c.expr, ports) for c in requires], None))
+        outcome = self._answer(tensors.query(premises + [Fact(c.expr, ports) for c in requires], None),
+                               universal=False)
         if outcome.answer is not Answer.REFUTED:
             return outcome, 0
         for count in range(1, len(requires)):
             facts = premises + [Fact(c.expr, ports) for c in requires[:count]]
-            if self.prover.answer(tensors.query(facts, None)).answer is Answer.REFUTED:
+            if self._answer(tensors.query(facts, None), universal=False).answer is Answer.REFUTED:
                 return outcome, count
         return outcome, len(requires)
 
@@ -262,19 +339,22 @@ class SpecProofs:
         link = []
         for index, port in enumerate(first.inputs):
             source = premise.outputs[index] if premise and index < len(premise.outputs) else None
-            shape = tensors.shape(port.type, first.name, fill=False)
+            # The link's shape, and whose type it comes from (`_` in one side is sized by the other).
+            shape, origin = tensors.shape(port.type, first.name, fill=False), (port.type, first.name)
             if shape is None and source is not None:
                 shape = tensors.shape(source.type, premise.name, fill=False)  # type: ignore[union-attr]
+                origin = (source.type, premise.name)  # type: ignore[union-attr]
             if shape is None:
-                shape = tensors.shape(port.type, first.name, fill=True) or ()
-            tensors.bind(port.type, shape, first.name)
+                shape, origin = tensors.shape(port.type, first.name, fill=True) or (), (port.type, first.name)
+            free = tensors.free_axes(*origin)
+            tensors.bind(port.type, shape, first.name, free)
             if source is not None:
-                tensors.bind(source.type, shape, premise.name)  # type: ignore[union-attr]
-            link.append(tensors.add(port.name, port.type, shape))
+                tensors.bind(source.type, shape, premise.name, free)  # type: ignore[union-attr]
+            link.append(tensors.add(port.name, port.type, shape, first.name, sized_by=origin))
         premises: list[Fact] = []
         if premise is not None:
             inputs = [tensors.add(port.name, port.type, tensors.shape(port.type, premise.name, fill=True) or (),
-                                  premise.name) for port in premise.inputs]
+                                  premise.name, premise.name) for port in premise.inputs]
             ports = _ports(premise.inputs, inputs) + _ports(premise.outputs, link[:len(premise.outputs)])
             premises += _range_facts(premise.inputs, inputs)
             premises += [Fact(c.expr, ports) for c in premise.clauses("requires")]
@@ -291,7 +371,7 @@ class SpecProofs:
             goals += [Goal(f"`requires {self._text(c)}`", c.name, c.span, Fact(c.expr, ports))
                       for c in party.clauses("requires")]
             for goal in goals:
-                outcome = self.prover.answer(tensors.query(premises, goal.fact))
+                outcome = self._answer(tensors.query(premises, goal.fact))
                 self._pipe_outcome(obligation, left, party.name, goal, outcome, _renamings(premise, party))
 
     def _pipe_outcome(self, obligation: ir.Implication, left: str, right: str, goal: Goal, outcome: Outcome,
@@ -302,7 +382,7 @@ class SpecProofs:
             return
         if outcome.answer is Answer.UNKNOWN:
             self._unknown(owner, None, "requires", f"whether `{left}`'s ensures imply `{right}`'s {goal.text}",
-                          outcome.reason, obligation.span, goal)
+                          outcome, obligation.span, goal)
             return
         model = render_model(outcome.model)
         message = f"`{left} >> {right}`: the parts do not fit: {model} " \
@@ -328,15 +408,15 @@ class SpecProofs:
             return
         interface = party.component.interface
         tensors = _Tensors()
-        positions = [tensors.add(port.name, port.type, tensors.shape(port.type, party.name, fill=True) or ())
-                     for port in party.inputs]
+        positions = [tensors.add(port.name, port.type, tensors.shape(port.type, party.name, fill=True) or (),
+                                 party.name) for port in party.inputs]
         ports = _ports(party.inputs, positions)
         premises = _range_facts(party.inputs, positions)
         premises += [Fact(c.expr, ports) for c in interface.clauses
                      if c.kind == "requires" and c.fragment is ir.Fragment.PER_SAMPLE]
         for clause in own:
             goal = Goal(f"`requires {self._text(clause)}`", clause.name, clause.span, Fact(clause.expr, ports))
-            outcome = self.prover.answer(tensors.query(premises, goal.fact))
+            outcome = self._answer(tensors.query(premises, goal.fact))
             self._subtype_outcome(party.name, interface.name, goal, outcome, clause.span, "E0603",
                                   f"module `{party.name}` strengthens the `requires` of {interface.name}", "requires")
 
@@ -347,8 +427,8 @@ class SpecProofs:
         if new is None or old is None:
             return
         tensors = _Tensors()
-        positions = [tensors.add(port.name, port.type, tensors.shape(port.type, old.name, fill=True) or ())
-                     for port in old.component.interface.ports]
+        positions = [tensors.add(port.name, port.type, tensors.shape(port.type, old.name, fill=True) or (),
+                                 old.name) for port in old.component.interface.ports]
         old_ports = _ports(old.component.interface.ports, positions)
         new_ports = _ports(new.component.interface.ports, positions)
         inputs = [position for port, position in zip(old.component.interface.ports, positions, strict=True)
@@ -359,19 +439,72 @@ class SpecProofs:
         what = f"`{new.name}` is not a behavioural subtype of `{old.name}`"
         for clause in new.clauses("requires"):
             goal = Goal(f"`requires {self._text(clause)}`", clause.name, clause.span, Fact(clause.expr, new_ports))
-            outcome = self.prover.answer(tensors.query(premises, goal.fact))
+            outcome = self._answer(tensors.query(premises, goal.fact))
             self._subtype_outcome(new.name, old.name, goal, outcome, obligation.span, "E0604",
                                   f"{what}: it requires more", "requires")
         premises += [Fact(c.expr, new_ports) for c in new.clauses("requires")]
         premises += _range_facts(new.outputs, outputs) + [Fact(c.expr, new_ports) for c in new.clauses("ensures")]
         for clause in old.clauses("ensures"):
             goal = Goal(f"`ensures {self._text(clause)}`", clause.name, clause.span, Fact(clause.expr, old_ports))
-            outcome = self.prover.answer(tensors.query(premises, goal.fact))
+            outcome = self._answer(tensors.query(premises, goal.fact))
             self._subtype_outcome(new.name, old.name, goal, outcome, obligation.span, "E0604",
                                   f"{what}: it ensures less", "ensures")
         for clause in old.outside("ensures"):
-            self._result(new.name, clause, "ensures", Verdict.SKIP, f"`ensures {self._text(clause)}` of "
-                         f"`{old.name}`: {OUTSIDE}", None)
+            self._outside_ensures(new, old, clause, obligation.span)
+        for bound in old.component.all_costs:
+            self._cost_bound(new, old, bound, obligation.span)
+
+    def _outside_ensures(self, new: Party, old: Party, clause: ir.Clause, span: Span) -> None:
+        """A statistical or relational `ensures` of `old`: kept when `new` promises it or a stronger form of it
+        (a higher threshold or confidence on the same data, a wider ball); else unknown, never assumed."""
+        text = f"`ensures {self._text(clause)}`"
+        promised = (mine for mine in new.component.all_clauses if mine.kind == "ensures")
+        keeping = next((mine for mine in promised if _implies(mine, clause)), None)
+        if keeping is not None:
+            self._result(new.name, clause, "ensures", Verdict.PASS, f"`{new.name}` keeps {text} of `{old.name}`: it "
+                         f"promises `{self._text(keeping)}`", None)
+            return
+        message = f"cannot decide whether `{new.name}` keeps {text} of `{old.name}`: {OUTSIDE}, and `{new.name}` " \
+                  "promises no clause that implies it as written"
+        self._result(new.name, clause, "ensures", Verdict.UNKNOWN, message, None)
+        if self._once("W0601", span, clause.span):
+            self.diagnostics.append(Diagnostic(
+                "W0601", message, span, notes=(Note(f"`{old.name}` promises this", clause.span),),
+                help=f"give `{new.name}` the same clause (or one with a higher threshold, a higher confidence or a "
+                "wider ball) to settle it here; `mdl test` checks each module's own clauses",
+            ))
+
+    def _cost_bound(self, new: Party, old: Party, bound: ir.CostClause, span: Span) -> None:
+        """A cost bound of `old` is kept when `new` bounds the same measure at least as tightly."""
+        text = f"`{_cost_text(bound)}`"
+        same = [mine for mine in new.component.all_costs if mine.metric == bound.metric]
+        keeping = [mine for mine in same if mine.batch == bound.batch]
+        if keeping and _tighter(keeping[0], bound):
+            self._cost_result(new.name, bound, Verdict.PASS, f"`{new.name}` keeps {text} of `{old.name}`: it "
+                              f"promises `{_cost_text(keeping[0])}`", None)
+            return
+        if same and not keeping:
+            message = f"cannot decide whether `{new.name}` keeps {text} of `{old.name}`: it bounds " \
+                      f"{bound.metric} only at another batch (`{_cost_text(same[0])}`)"
+            self._cost_result(new.name, bound, Verdict.UNKNOWN, message, None)
+            if self._once("W0601", span, bound.span):
+                self.diagnostics.append(Diagnostic("W0601", message, span, notes=(Note("this bound", bound.span),)))
+            return
+        promised = f"promises only `{_cost_text(keeping[0])}`" if keeping else f"promises no {bound.metric} bound"
+        message = f"`{new.name}` is not a behavioural subtype of `{old.name}`: it {promised}, which does not keep " \
+                  f"{text}"
+        blame = Blame(new.name, Role.MODULE, (new.name,),
+                      "a module may only weaken `requires` and strengthen `ensures`")
+        self._cost_result(new.name, bound, Verdict.FAIL, message, blame)
+        self.diagnostics.append(Diagnostic(
+            "E0604", message, span, notes=(Note(f"`{old.name}` promises this", bound.span),),
+            help="a behavioural subtype accepts every input its parent accepts and promises at least as much",
+        ))
+
+    def _cost_result(self, component: str, bound: ir.CostClause, verdict: Verdict, message: str,
+                     blame: Blame | None) -> None:
+        self.results.append(Result(component, bound.name, "ensures", ir.Fragment.COST.value, "static", verdict,
+                                   bound.span, message, blame))
 
     def _subtype_outcome(self, module: str, parent: str, goal: Goal, outcome: Outcome, span: Span, code: str,
                          headline: str, kind: str) -> None:
@@ -381,7 +514,7 @@ class SpecProofs:
             return
         if outcome.answer is Answer.UNKNOWN:
             self._unknown(module, None, kind, f"whether `{module}` is a behavioural subtype of `{parent}` "
-                          f"({goal.text})", outcome.reason, span, goal)
+                          f"({goal.text})", outcome, span, goal)
             return
         model = render_model(outcome.model)
         satisfies, breaks = verb(outcome.model, "satisfies", "satisfy"), verb(outcome.model, "breaks", "break")
@@ -399,40 +532,45 @@ class SpecProofs:
 
     # ------------------------------------------------------------ dims
 
-    def dims(self, composition: str, equations: list[ir.Implication]) -> None:
-        """The dim equations the front end left undecided in one composition, solved together over the
-        positive integers; the first one that leaves no solution is an error."""
-        outcome = solve_dims([obligation.equation for obligation in equations],  # type: ignore[misc]
-                             self.prover.settings.timeout_ms)
-        last = equations[-1]
+    def dims(self, spec: ir.Spec, composition: str, undecided: list[ir.Implication]) -> None:
+        """The dims of a composition whose equations the front end left undecided, solved over the positive
+        integers: every equation the composition makes (re-derived, see `_CompositionDims`), so that a binding
+        the front end made after it gave up still counts. The equations that leave no solution are an error."""
+        component = spec.component(composition)
+        equations = _CompositionDims(spec).equations_of(component) if isinstance(component, ir.Composition) \
+            else None
+        if not equations:
+            equations = [DimEquation(*obligation.equation, obligation.span, "left undecided")  # type: ignore[misc]
+                         for obligation in undecided]
+        pairs = [(equation.left, equation.right) for equation in equations]
+        timeout = self.prover.settings.timeout_ms
+        outcome = solve_dims(pairs, timeout)
+        last = undecided[-1]
         if outcome.answer is Answer.UNKNOWN:
-            self._dims_result(composition, last, Verdict.UNKNOWN, f"cannot decide whether {last.premise} has a "
-                              f"solution: {outcome.reason}")
+            self._dims_result(composition, last.premise, last.span, Verdict.UNKNOWN,
+                              f"cannot decide whether {last.premise} has a solution: {outcome.reason}")
             return
         if outcome.answer is Answer.PROVED:
-            self._dims_result(composition, last, Verdict.PASS, f"the dims solve: {render_model(outcome.model)}")
+            self._dims_result(composition, last.premise, last.span, Verdict.PASS,
+                              f"the dims solve: {render_model(outcome.model)}")
             return
-        for count in range(1, len(equations) + 1):
-            if solve_dims([o.equation for o in equations[:count]],  # type: ignore[misc]
-                          self.prover.settings.timeout_ms).answer is Answer.REFUTED:
-                failing = equations[count - 1]
-                message = f"`{failing.premise}` has no solution in positive integers"
-                if count > 1:
-                    message += " together with " + ", ".join(f"`{o.premise}`" for o in equations[:count - 1])
-                self._dims_result(composition, failing, Verdict.FAIL, message)
-                self.diagnostics.append(Diagnostic(
-                    "E0605", message, failing.span,
-                    notes=tuple(Note(f"`{o.premise}` is required {'here' if o.span != failing.span else 'too'}",
-                                     o.span if o.span != failing.span else None) for o in equations[:count - 1]),
-                    help="every symbolic dim is a positive integer: change a shape so that the sizes can agree",
-                ))
-                return
+        conflict = [equations[position] for position in conflicting_dims(pairs, timeout)] or equations
+        failing, others = conflict[-1], conflict[:-1]
+        message = f"`{failing.text}` ({failing.origin}) has no solution in positive integers"
+        if others:
+            message += " together with " + ", ".join(f"`{other.text}` ({other.origin})" for other in others)
+        self._dims_result(composition, failing.text, failing.span, Verdict.FAIL, message)
+        self.diagnostics.append(Diagnostic(
+            "E0605", message, failing.span,
+            notes=tuple(Note(f"`{other.text}` is required {'here' if other.span != failing.span else 'too'}",
+                             other.span if other.span != failing.span else None) for other in others),
+            help="every symbolic dim is a positive integer: change a shape so that the sizes can agree",
+        ))
 
-    def _dims_result(self, composition: str, obligation: ir.Implication, verdict: Verdict, message: str) -> None:
-        self.results.append(Result(composition, f"dims {obligation.premise}", "dims", "static", "z3", verdict,
-                                   obligation.span, message))
+    def _dims_result(self, composition: str, equation: str, span: Span, verdict: Verdict, message: str) -> None:
+        self.results.append(Result(composition, f"dims {equation}", "dims", "static", "z3", verdict, span, message))
         if verdict is Verdict.UNKNOWN:
-            self.diagnostics.append(Diagnostic("W0601", message, obligation.span))
+            self.diagnostics.append(Diagnostic("W0601", message, span))
 
     # ------------------------------------------------------------ results
 
@@ -446,19 +584,76 @@ class SpecProofs:
         self.results.append(Result(component, goal.name, kind, ir.Fragment.PER_SAMPLE.value, "z3", verdict,
                                    goal.span, message, blame))
 
-    def _unknown(self, component: str, clause: ir.Clause | None, kind: str, question: str, reason: str, span: Span,
-                 goal: Goal | None = None) -> None:
-        message = f"cannot decide {question}: {reason}"
+    def _unknown(self, component: str, clause: ir.Clause | None, kind: str, question: str, outcome: Outcome,
+                 span: Span, goal: Goal | None = None) -> None:
+        message = f"cannot decide {question}: {outcome.reason}"
         if goal is not None:
             self._goal_result(component, goal, Verdict.UNKNOWN, message, None, kind)
         elif clause is not None:
             self._result(component, clause, kind, Verdict.UNKNOWN, message, None)
+        if outcome.free:
+            names = ", ".join(f"`{name}`" for name in outcome.free)
+            advice = f"give {names} a size (a constant, or a dim a connected port binds), or state the clause so " \
+                   "that it holds for every size (`all(x <= c)`, `max`, `min` rather than `sum`)"
+        else:
+            advice = "Z3 proves linear arithmetic over the reals; rewrite the clause in that fragment, raise the " \
+                   "timeout, or let `mdl test` check it"
         if self._once("W0601", span, goal.span if goal is not None else None):
-            self.diagnostics.append(Diagnostic(
-                "W0601", message, span,
-                help="Z3 proves linear arithmetic over the reals; rewrite the clause in that fragment, raise the "
-                "timeout, or let `mdl test` check it",
-            ))
+            self.diagnostics.append(Diagnostic("W0601", message, span, help=advice))
+
+
+# ---------------------------------------------------------------- static comparison of clauses Z3 leaves out
+
+
+def _implies(mine: ir.Clause, theirs: ir.Clause) -> bool:
+    """Whether clause `mine` promises at least what `theirs` does, as written: the same clause, a statistical
+    bound with a threshold and confidence at least as high on the same data, or a robustness ball at least
+    as wide. (Nothing else is compared: a clause Z3 leaves out is otherwise unknown.)"""
+    if mine.data != theirs.data or mine.confidence < theirs.confidence:
+        return False
+    return mine.expr == theirs.expr or _higher_threshold(mine.expr, theirs.expr) or _wider_ball(mine.expr, theirs.expr)
+
+
+def _lower_bound(expr: ir.Expr) -> tuple[ir.Expr, str, float] | None:
+    """`STAT >= p` (or `>`) as (STAT, op, p)."""
+    if isinstance(expr, ir.Compare) and len(expr.ops) == 1 and expr.ops[0] in (">=", ">") \
+            and expr.tolerance is None and isinstance(expr.operands[1], ir.Const):
+        return expr.operands[0], expr.ops[0], float(expr.operands[1].value)
+    return None
+
+
+def _higher_threshold(mine: ir.Expr, theirs: ir.Expr) -> bool:
+    mine_bound, their_bound = _lower_bound(mine), _lower_bound(theirs)
+    if mine_bound is None or their_bound is None or mine_bound[0] != their_bound[0]:
+        return False
+    (_, my_op, mine_p), (_, their_op, their_p) = mine_bound, their_bound
+    return mine_p > their_p or (mine_p == their_p and (my_op == ">" or their_op == ">="))
+
+
+def _wider_ball(mine: ir.Expr, theirs: ir.Expr) -> bool:
+    if not (isinstance(mine, ir.BallQuantifier) and isinstance(theirs, ir.BallQuantifier)):
+        return False
+    if (mine.var, mine.center, mine.norm, mine.body) != (theirs.var, theirs.center, theirs.norm, theirs.body):
+        return False
+    if not (isinstance(mine.radius, ir.Const) and isinstance(theirs.radius, ir.Const)):
+        return False
+    return float(mine.radius.value) >= float(theirs.radius.value)
+
+
+def _tighter(mine: ir.CostClause, theirs: ir.CostClause) -> bool:
+    """`mine` (`<=` or `<` a limit) implies `theirs` for the same measure."""
+    if theirs.op == "<" and mine.op != "<":
+        return mine.limit < theirs.limit
+    return mine.limit <= theirs.limit
+
+
+def _cost_text(bound: ir.CostClause) -> str:
+    limit = f"{bound.limit:g}"
+    if bound.metric == "flops":
+        return f"flops {bound.op} {limit} per sample"
+    if bound.metric == "latency":
+        return f"latency {bound.op} {limit} ms at batch {bound.batch}"
+    return f"{bound.metric} {bound.op} {limit}"
 
 
 # ---------------------------------------------------------------- the parts of a composition
@@ -519,6 +714,127 @@ def _node_name(node: ir.CompNode | None) -> str:
         case ir.ReplaceNode(base=base, old=old, new=new):
             return f"replace({_node_name(base)}, {old}, {new})"
     return "?"
+
+
+# ---------------------------------------------------------------- the dims of a composition
+
+
+@dataclass(frozen=True)
+class DimEquation:
+    """Two dims a composition makes equal, and where: a `>>` connection, a vote's inputs, an interface port."""
+
+    left: ir.Dim
+    right: ir.Dim
+    span: Span
+    origin: str
+
+    @property
+    def text(self) -> str:
+        return plain_dims(f"{self.left} == {self.right}")
+
+
+class _CompositionDims:
+    """The dim equations of one composition, re-derived as the front end makes them: each use of a part
+    gets its own copy of its free dims (`sq#2:S`), and every connection, vote input and port of the
+    declared interface equates the dims it lines up. The front end binds dims as it goes and hands Z3 only
+    the equations it gave up on; those alone miss a later binding (`16 == S * S`, then the interface's
+    `S == 5`)."""
+
+    def __init__(self, spec: ir.Spec) -> None:
+        self.spec = spec
+        self.uses = 0
+        self.equations: list[DimEquation] = []
+
+    def equations_of(self, composition: ir.Composition) -> list[DimEquation]:
+        signature = self._signature(composition.expr)
+        if signature is None:
+            return []
+        interface = composition.interface
+        for kind, mine, declared in (("input", signature[0], interface.inputs),
+                                     ("output", signature[1], interface.outputs)):
+            for dims, port in zip(mine, declared, strict=False):
+                self._equate(dims, port.type.dims, composition.expr.span,
+                             f"{kind} `{port.name}` of {interface.name}")
+        return self.equations
+
+    def _signature(self, node: ir.CompNode) -> tuple[list[tuple[ir.Dim, ...]], list[tuple[ir.Dim, ...]]] | None:
+        """The dims of what a node reads and produces; equations of its inner connections are recorded."""
+        match node:
+            case ir.PartRef(name=name):
+                component = self.spec.component(name)
+                if component is None:
+                    return None
+                self.uses += 1
+                prefix = f"{name}#{self.uses}:"
+                inputs, outputs = ([tuple(_renamed_dim(dim, prefix) for dim in port.type.dims) for port in ports]
+                                   for ports in (component.interface.inputs, component.interface.outputs))
+                return inputs, outputs
+            case ir.Pipeline(stages=stages):
+                signature = self._signature(stages[0])
+                for before, stage in itertools.pairwise(stages):
+                    following = self._signature(stage)
+                    if signature is None or following is None:
+                        return None
+                    for output, input_ in zip(signature[1], following[0], strict=False):
+                        self._equate(output, input_, before.span.cover(stage.span),
+                                     f"`{_node_name(before)} >> {_node_name(stage)}`")
+                    signature = (signature[0], following[1])
+                return signature
+            case ir.VoteNode(parts=parts, labels=labels, span=span):
+                signatures = [self._signature(part) for part in parts]
+                if any(signature is None for signature in signatures) or not signatures[0][1]:  # type: ignore
+                    return None
+                first = signatures[0]
+                for other in signatures[1:]:
+                    for mine, theirs in zip(first[0], other[0], strict=False):  # type: ignore[index]
+                        self._equate(mine, theirs, span, "the inputs of the vote")
+                scores = first[1][0]  # type: ignore[index]
+                return first[0], [(*scores[:-1], ir.DimLabels(labels))]  # type: ignore[index]
+            case ir.ReplaceNode(base=base):
+                return self._signature(base)  # the new part has the old one's interface
+        return None
+
+    def _equate(self, left: tuple[ir.Dim, ...], right: tuple[ir.Dim, ...], span: Span, origin: str) -> None:
+        for a, b in _aligned(left, right):
+            if _sized(a) and _sized(b) and not (isinstance(a, ir.DimLabels) and isinstance(b, ir.DimLabels)):
+                self.equations.append(DimEquation(a, b, span, origin))
+
+
+def _renamed_dim(dim: ir.Dim, prefix: str) -> ir.Dim:
+    """A part's free dim for one use of it, as the front end renames it (`S` -> `sq#2:S`)."""
+    match dim:
+        case ir.DimVar(batch=False):
+            return ir.DimVar(f"{prefix}{dim.name}")
+        case ir.DimBinary():
+            return ir.DimBinary(dim.op, _renamed_dim(dim.left, prefix), _renamed_dim(dim.right, prefix))
+    return dim
+
+
+def _aligned(left: tuple[ir.Dim, ...], right: tuple[ir.Dim, ...]) -> list[tuple[ir.Dim, ir.Dim]]:
+    """Axes paired as the front end pairs them: `...` absorbs the axes the other side has in its place."""
+    def dots(dims: tuple[ir.Dim, ...]) -> int | None:
+        return next((i for i, dim in enumerate(dims) if isinstance(dim, ir.DimEllipsis)), None)
+
+    left_dots, right_dots = dots(left), dots(right)
+    if left_dots is None and right_dots is None:
+        return list(zip(left, right, strict=False)) if len(left) == len(right) else []
+    head = min(len(left) if left_dots is None else left_dots, len(right) if right_dots is None else right_dots)
+    tail = min(len(left) - (len(left) if left_dots is None else left_dots + 1),
+               len(right) - (len(right) if right_dots is None else right_dots + 1))
+    return list(zip(left[:head], right[:head], strict=False)) + (
+        list(zip(left[-tail:], right[-tail:], strict=False)) if tail else [])
+
+
+def _sized(dim: ir.Dim) -> bool:
+    """A dim with a size to solve for: not `_`, `...`, the batch dim or a label set of unknown size."""
+    match dim:
+        case ir.DimConst() | ir.DimBinary():
+            return True
+        case ir.DimVar(batch=batch):
+            return not batch
+        case ir.DimLabels(labels=labels):
+            return not labels.opaque
+    return False
 
 
 def check_specs(specs: list[ir.Spec], sources: SourceMap, settings: Settings | None = None) -> SpecProofs:

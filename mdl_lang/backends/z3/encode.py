@@ -4,9 +4,15 @@ One `Encoder` holds the Z3 variables of one query: a port's sample is a tensor
 of real (or integer, or boolean) variables, one per element, as long as it has
 at most `element_limit` elements; a larger tensor is summarised by its minimum,
 maximum and sum (`Summary`), which decides `all(x >= c)`, `min`, `max`, `sum`,
-`mean` and constant indexing, and nothing else. Each IR node kind has an
-`emit_<Node>` method; a node or function this backend cannot encode raises
-`Unsupported`, never a guess.
+`mean` and constant indexing, and nothing else. A tensor whose size rests on a
+free dim (one nothing binds) is summarised the same way when a proof must hold for
+every size: its element count is then an unknown integer `n >= 1`, and the facts
+linking min, max and sum hold for each `n`. A model that reads only its min and
+max is one of every size from 2 on; one that reads its sum or mean picks a count
+that the tensors sharing the dim may not share, so it is a relaxation.
+
+Each IR node kind has an `emit_<Node>` method; a node or function this backend
+cannot encode raises `Unsupported`, never a guess.
 
 Soundness: every formula is exact over the reals, or a *relaxation* (it admits
 every real behaviour and maybe more: a fresh variable for `exp(v)` with the facts
@@ -31,7 +37,8 @@ import z3
 from mdl_lang import ir
 
 DEFAULT_ELEMENT_LIMIT = 64
-# The size given to a symbolic dim that nothing binds: proofs then hold for that size (stated in the docs).
+# The size first tried for a symbolic dim that nothing binds. An answer found with it holds for that size
+# only: the checks then ask again with the tensor summarised for every size (`Encoder.tensor`, `free`).
 DEFAULT_DIM_SIZE = 3
 
 
@@ -61,18 +68,19 @@ class Tensor:
 
 @dataclass(frozen=True)
 class Summary:
-    """A tensor too large for one variable per element: its min, max and sum, and named elements."""
+    """A tensor too large for one variable per element, or of a free size: its min, max and sum, and
+    named elements. `count` is its number of elements (an unknown integer for a free size); `why`
+    says why it is summarised, for the reasons of `unknown` answers."""
 
     name: str
     shape: tuple[int, ...]
     low: z3.ArithRef
     high: z3.ArithRef
     total: z3.ArithRef
+    count: int | z3.ArithRef
+    why: str
+    free: bool = False
     elements: dict[tuple[int, ...], z3.ArithRef] = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -121,28 +129,41 @@ class Encoder:
         self._codes: dict[ir.Label, int] = {}
         self._labels: dict[str, Tensor] = {}
         self._fresh = itertools.count()
+        self._counted: set[str] = set()  # summaries of a free size whose sum is linked to their count
 
     # ------------------------------------------------------------ variables
 
     def tensor(self, name: str, shape: tuple[int, ...], element: ir.Element,
-               axes: tuple[ir.LabelSet | None, ...] = ()) -> Tensor | Summary:
-        """Variables for one port's sample, shown in counter-models as `name[i, j]`."""
+               axes: tuple[ir.LabelSet | None, ...] = (), free: tuple[str, ...] = ()) -> Tensor | Summary:
+        """Variables for one port's sample, shown in counter-models as `name[i, j]`. With `free` (the free
+        dims its shape rests on), a summary that holds for every size of them: `shape` is only the size tried."""
+        if free:
+            dims = ", ".join(f"`{dim}`" for dim in free)
+            why = f"free size: `{name}` has as many elements as {dims} {'says' if len(free) == 1 else 'say'}"
+            count = z3.Int(f"count{next(self._fresh)}")
+            self.facts.append(count >= 1)
+            return self._summary(name, shape, element, count, why, free=True)
         if math.prod(shape) > self.element_limit:
-            if element is ir.Element.BOOL:
-                raise Unsupported(f"too large: `{name}` has {math.prod(shape)} boolean elements, over the limit of "
-                                  f"{self.element_limit}")
-            if element is ir.Element.INT:
-                self.relaxed.add(f"too large: the integers of `{name}` are summarised as reals")
-            low, high, total = (self._shown_real(f"{what}({name})") for what in ("min", "max", "sum"))
-            size = math.prod(shape)
-            # True of every tensor of `size` elements: one element is the max, one the min, the rest between.
-            self.facts += [low <= high, total >= (size - 1) * low + high, total <= low + (size - 1) * high]
-            return Summary(name, shape, low, high, total)
+            why = f"too large: `{name}` has {math.prod(shape)} elements, over the limit of {self.element_limit}"
+            return self._summary(name, shape, element, math.prod(shape), why)
         items = np.empty(shape, dtype=object)
         for index in np.ndindex(*shape):
             shown = name + _index_text(index, axes)
             items[index] = self._variable(shown, element)
         return Tensor(items, axes)
+
+    def _summary(self, name: str, shape: tuple[int, ...], element: ir.Element, count: int | z3.ArithRef, why: str,
+                 free: bool = False) -> Summary:
+        if element is ir.Element.BOOL:
+            raise Unsupported(f"{why}, and they are booleans: only real and integer tensors are summarised")
+        if element is ir.Element.INT:
+            self.relaxed.add(f"{why}: its integers are summarised as reals")
+        low, high, total = (self._shown_real(f"{what}({name})") for what in ("min", "max", "sum"))
+        summary = Summary(name, shape, low, high, total, count, why, free)
+        self.facts.append(low <= high)
+        if not free:
+            self.facts += _sum_facts(summary)
+        return summary
 
     def _variable(self, shown: str, element: ir.Element) -> z3.ExprRef:
         key = f"v{next(self._fresh)}"
@@ -193,8 +214,7 @@ class Encoder:
     def tensor_of(self, expr: ir.Expr, what: str) -> Tensor:
         value = self.emit(expr)
         if isinstance(value, Summary):
-            raise Unsupported(f"too large: {what} of `{value.name}` ({value.size} elements, over the limit of "
-                              f"{self.element_limit}) is outside the interval abstraction")
+            raise Unsupported(f"{value.why}: {what} of it is outside the interval abstraction")
         return self._plain(value)
 
     def emit_Const(self, expr: ir.Const) -> Value:
@@ -285,8 +305,8 @@ class Encoder:
     def _plain(self, value: Value) -> Tensor:
         """Explicit elements; a test on a summarised tensor has none (only `all` and `any` of it are known)."""
         if isinstance(value, SummaryTest):
-            raise Unsupported(f"too large: a test on a tensor over the limit of {self.element_limit} elements is "
-                              "known only as a whole (`all`/`any`), not element by element")
+            raise Unsupported(f"too large: a test on a tensor over the limit of {self.element_limit} elements (or of a "
+                              "free size) is known only as a whole (`all`/`any`), not element by element")
         return value  # type: ignore[return-value]
 
     def _compare_summary(self, left: Value, op: str, right: Value, tolerance: Tensor | None) -> SummaryTest:
@@ -294,8 +314,7 @@ class Encoder:
         if isinstance(right, Summary):
             left, right, op = right, left, _FLIPPED[op]
         if not isinstance(right, Tensor) or right.shape != () or right.labels is not None:
-            raise Unsupported(f"too large: `{left.name}` ({left.size} elements, over the limit of "  # type: ignore
-                              f"{self.element_limit}) compared elementwise with a tensor")
+            raise Unsupported(f"{left.why}: it is compared elementwise with a tensor")  # type: ignore[union-attr]
         summary: Summary = left  # type: ignore[assignment]
         bound = _as_real(right.flat()[0])
         low, high = summary.low, summary.high
@@ -310,8 +329,7 @@ class Encoder:
         }
         every, some = tests[op]
         if every is None:
-            raise Unsupported(f"too large: `{summary.name} != c` for every element is outside the interval "
-                              "abstraction")
+            raise Unsupported(f"{summary.why}: `!= c` for every element is outside the interval abstraction")
         return SummaryTest(every, some)
 
     def emit_InRange(self, expr: ir.InRange) -> Value:
@@ -380,15 +398,17 @@ class Encoder:
 
     def _summary_element(self, summary: Summary, items: tuple[ir.IndexItem, ...]) -> Value:
         if not all(isinstance(item, ir.IndexPosition) for item in items) or len(items) != len(summary.shape):
-            raise Unsupported(f"too large: only single elements of `{summary.name}` ({summary.size} elements, over "
-                              f"the limit of {self.element_limit}) can be named")
-        index = tuple(item.position % size for item, size in zip(items, summary.shape, strict=True))  # type: ignore
+            raise Unsupported(f"{summary.why}: only its single elements can be named")
+        positions = [item.position for item in items]  # type: ignore[union-attr]
+        if summary.free and min(positions) < 0:
+            # Counted from the end of an axis of free size, it may be any element: not one to name.
+            raise Unsupported(f"{summary.why}: an element counted from the end of it cannot be named")
+        index = tuple(position % size for position, size in zip(positions, summary.shape, strict=True))
         if index not in summary.elements:
             element = self._shown_real(summary.name + _index_text(index, ()))
             summary.elements[index] = element
             self.facts += [summary.low <= element, element <= summary.high]
-            self.relaxed.add(f"too large: `{summary.name}` has {summary.size} elements, over the limit of "
-                             f"{self.element_limit}; only its min, max, sum and named elements are modelled")
+            self.relaxed.add(f"{summary.why}; only its min, max, sum and named elements are modelled")
         return scalar(summary.elements[index])
 
     def emit_SelfCall(self, expr: ir.SelfCall) -> Value:
@@ -481,6 +501,12 @@ class Encoder:
     def _reduce(self, expr: ir.Call) -> tuple[list, Summary | None]:
         value = self.emit(expr.args[0])
         if isinstance(value, Summary):
+            if value.free and expr.function in ("sum", "mean") and value.name not in self._counted:
+                # Only now, so that min/max questions stay linear. Its count is its own unknown: tensors that
+                # share the dim may get other counts in a model, which is then no tensor's.
+                self._counted.add(value.name)
+                self.facts += _sum_facts(value)
+                self.relaxed.add(f"{value.why}; its sum is modelled with a count of its own")
             return [], value
         return [_as_real(item) if not z3.is_bool(item) else item for item in self._plain(value).flat()], None
 
@@ -491,7 +517,7 @@ class Encoder:
     def call_mean(self, expr: ir.Call) -> Value:
         items, summary = self._reduce(expr)
         if summary is not None:
-            return scalar(summary.total / summary.size)
+            return scalar(summary.total / summary.count)
         if not items:
             raise Unsupported("the mean of no elements")
         return scalar(z3.Sum(items) / len(items))
@@ -571,6 +597,13 @@ class Encoder:
                 raise Unsupported("too large: `any` of this test is outside the interval abstraction")
             return scalar(value.some)
         return scalar(z3.Or([_as_bool(item) for item in self._plain(value).flat()]))  # type: ignore[union-attr]
+
+
+def _sum_facts(summary: Summary) -> list[z3.BoolRef]:
+    """True of every tensor of `count` elements: one element is the max, one the min, the rest between.
+    (With `count` unknown these are products of two unknowns: Z3's non-linear arithmetic decides them.)"""
+    count, low, high, total = summary.count, summary.low, summary.high, summary.total
+    return [total >= (count - 1) * low + high, total <= low + (count - 1) * high]
 
 
 def _array(picked: object) -> np.ndarray:

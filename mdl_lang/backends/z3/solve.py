@@ -24,12 +24,16 @@ SHOWN_VALUES = 6  # values of a counter-model named in one message
 
 @dataclass(frozen=True)
 class TensorVar:
-    """One tensor of the query: how counter-models name it, its sample shape and element kind."""
+    """One tensor of the query: how counter-models name it, its sample shape and element kind.
+
+    `free` names the free dims (nothing binds them) its shape rests on: `shape` then holds the size
+    tried for them, and an answer that reads the tensor holds for that size only."""
 
     name: str
     shape: tuple[int, ...]
     element: ir.Element
     axes: tuple[ir.LabelSet | None, ...] = ()
+    free: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,11 +63,13 @@ class Answer(str, Enum):
 @dataclass(frozen=True)
 class Outcome:
     """For an implication: proved / refuted (with `model`) / unknown (with `reason`).
-    For a satisfiability question: proved means satisfiable (with `model`), refuted unsatisfiable."""
+    For a satisfiability question: proved means satisfiable (with `model`), refuted unsatisfiable.
+    `free` names the free dims an unknown rests on (the answer holds only for the size tried)."""
 
     answer: Answer
     reason: str = ""
     model: tuple[tuple[str, str], ...] = ()
+    free: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,17 +83,20 @@ class Prover:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self._answers: dict[Query, Outcome] = {}
+        self._answers: dict[tuple[Query, bool], Outcome] = {}
         self.solver_calls = 0
 
-    def answer(self, query: Query) -> Outcome:
-        if query not in self._answers:
-            self._answers[query] = self._solve(query)
-        return self._answers[query]
+    def answer(self, query: Query, every_size: bool = False) -> Outcome:
+        """The answer with free dims at the size tried, or, with `every_size`, with each tensor of a free
+        size summarised for all its sizes (an unsatisfiable query is then a proof for every size)."""
+        key = (query, every_size)
+        if key not in self._answers:
+            self._answers[key] = self._solve(query, every_size)
+        return self._answers[key]
 
-    def _solve(self, query: Query) -> Outcome:
+    def _solve(self, query: Query, every_size: bool) -> Outcome:
         encoder = Encoder(self.settings.element_limit)
-        tensors = _LazyTensors(encoder, query.tensors)
+        tensors = _LazyTensors(encoder, query.tensors, every_size)
         premises = []
         for fact in query.premises:
             try:
@@ -127,15 +136,17 @@ class _LazyTensors:
     """The query's tensors, given variables only when a clause reads them: a large input that no clause
     names costs nothing and makes nothing `unknown`."""
 
-    def __init__(self, encoder: Encoder, specs: tuple[TensorVar, ...]) -> None:
+    def __init__(self, encoder: Encoder, specs: tuple[TensorVar, ...], every_size: bool) -> None:
         self.encoder = encoder
         self.specs = specs
+        self.every_size = every_size
         self.values: dict[int, Value] = {}
 
     def __getitem__(self, position: int) -> Value:
         if position not in self.values:
             spec = self.specs[position]
-            self.values[position] = self.encoder.tensor(spec.name, spec.shape, spec.element, spec.axes)
+            free = spec.free if self.every_size else ()
+            self.values[position] = self.encoder.tensor(spec.name, spec.shape, spec.element, spec.axes, free)
         return self.values[position]
 
 
@@ -258,12 +269,38 @@ def solve_dims(equations: list[tuple[ir.Dim, ir.Dim]], timeout_ms: int) -> Outco
                        else "non-linear: " + solver.reason_unknown())
     model = solver.model()
     return Outcome(Answer.PROVED, model=tuple(
-        (_RENAMED_DIM.sub("", name), _value_text(model.eval(var, model_completion=True)))
+        (plain_dims(name), _value_text(model.eval(var, model_completion=True)))
         for name, var in names.items()
     ))
 
 
-_RENAMED_DIM = re.compile(r"^[A-Za-z0-9_.]+#\d+:")
+def conflicting_dims(equations: list[tuple[ir.Dim, ir.Dim]], timeout_ms: int) -> tuple[int, ...]:
+    """The positions of equations that together have no solution in positive integers (an unsat core,
+    in order), or () when they have one or Z3 cannot tell."""
+    names: dict[str, z3.ArithRef] = {}
+    solver = z3.Solver()
+    solver.set("timeout", timeout_ms)
+    markers = []
+    try:
+        for position, (left, right) in enumerate(equations):
+            marker = z3.Bool(f"equation{position}")
+            solver.add(z3.Implies(marker, _dim(left, names, solver) == _dim(right, names, solver)))
+            markers.append(marker)
+    except Unsupported:
+        return ()
+    if solver.check(*markers) != z3.unsat:
+        return ()
+    core = {str(marker) for marker in solver.unsat_core()}
+    return tuple(position for position, marker in enumerate(markers) if str(marker) in core)
+
+
+# A part's free dim renamed apart for one use of it (`sq#2:S`, the front end's renaming), shown as written (`S`).
+_RENAMED_DIM = re.compile(r"[A-Za-z0-9_.]+#\d+:")
+
+
+def plain_dims(text: str) -> str:
+    """Text about renamed dims as the spec writes them: `16 == sq#2:S * sq#2:S` is `16 == S * S`."""
+    return _RENAMED_DIM.sub("", text)
 
 
 def _dim(dim: ir.Dim, names: dict[str, z3.ArithRef], solver: z3.Solver) -> z3.ArithRef:

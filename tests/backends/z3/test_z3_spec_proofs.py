@@ -220,12 +220,51 @@ def test_replace_needs_a_behavioural_subtype(check: Check) -> None:
     assert "requires more" in next(d for d in asks_more.diagnostics if d.code == "E0604").message
 
 
-def test_the_repos_replace_is_proved_and_its_statistical_clause_is_outside() -> None:
+def test_the_repos_replace_is_proved_and_its_statistical_clause_kept_as_written() -> None:
     result = check_paths([REPO / "specs" / "digits_modules.mdl"], REPO / "specs")
     assert not [d for d in result.diagnostics if d.code.startswith(("E06", "W06"))]
     replaced = [r for r in proofs(result) if r.component == "m5_v2" and r.kind == "ensures"]
-    assert {r.verdict for r in replaced} == {Verdict.PASS, Verdict.SKIP}
-    assert any("outside the Z3 spec check" in r.message for r in replaced if r.verdict is Verdict.SKIP)
+    assert {r.verdict for r in replaced} == {Verdict.PASS}
+    assert any(r.fragment == "statistical" and "keeps `ensures" in r.message for r in replaced)
+
+
+REPLACE_OUTSIDE = """
+labels Two = {0, 1}
+type In = Tensor[B, 2] float32 in [0, 1]
+data d2 : (In, Two) { python "nowhere:data" }
+interface P { input x: In  output y: Tensor[B, Two] float32 }
+module old : P {
+  ensures rob: forall x2 within 0.01 of x (linf): argmax(self(x2)) == argmax(y)
+  ensures acc: accuracy(y) >= 0.9 on d2
+  cost { params <= 10, latency <= 2 ms at batch 4 }
+}
+module new : P { NEW }
+compose whole : P = old
+compose swapped : P = replace(whole, old, new)
+"""
+
+
+def test_replace_compares_cost_bounds_and_leaves_what_it_cannot_compare_unknown(check: Check) -> None:
+    weaker = check(REPLACE_OUTSIDE.replace("NEW", "cost { params <= 100 }"))
+    assert codes(weaker) == ["E0604", "E0604", "W0601", "W0601"]
+    assert [d.message for d in weaker.diagnostics[:2]] == [
+        "`new` is not a behavioural subtype of `old`: it promises only `params <= 100`, which does not keep "
+        "`params <= 10`",
+        "`new` is not a behavioural subtype of `old`: it promises no latency bound, which does not keep "
+        "`latency <= 2 ms at batch 4`",
+    ]
+    unknown = {r.clause: r.verdict for r in proofs(weaker) if r.component == "new" and r.fragment != "cost"}
+    assert unknown == {"rob": Verdict.UNKNOWN, "acc": Verdict.UNKNOWN}
+    stronger = check(REPLACE_OUTSIDE.replace("NEW", """
+  ensures rob: forall x2 within 0.02 of x (linf): argmax(self(x2)) == argmax(y)
+  ensures acc: accuracy(y) >= 0.95 on d2 with confidence 0.99
+  cost { params <= 8, latency <= 1500 us at batch 4 }"""))
+    assert codes(stronger) == []
+    assert {r.verdict for r in proofs(stronger) if r.component == "new"} == {Verdict.PASS}
+    other_batch = check(REPLACE_OUTSIDE.replace("NEW", "ensures rob: forall x2 within 0.01 of x (linf): "
+                                                "argmax(self(x2)) == argmax(y)\n  ensures acc: accuracy(y) >= 0.9 "
+                                                "on d2\n  cost { params <= 10, latency <= 1 ms at batch 8 }"))
+    assert codes(other_batch) == ["W0601"] and "only at another batch" in other_batch.diagnostics[0].message
 
 
 # ---------------------------------------------------------------- dims
@@ -258,6 +297,23 @@ def test_undecided_dim_equations_are_solved_over_positive_integers(check: Check)
     assert dims[0].message.startswith("the dims solve: S = ")
 
 
+def test_a_binding_made_after_an_undecided_equation_still_counts(check: Check) -> None:
+    # `16 == S * S` is left to Z3 (not linear); the interface then binds S to 5: with S = 4 forced, no solution.
+    result = check("""
+dim S
+interface Sq { input x: Tensor[B, S * S] float32  output y: Tensor[B, S] float32 }
+interface Id16 { input x: Tensor[B, 16] float32  output y: Tensor[B, 16] float32 }
+interface C5 { input x: Tensor[B, 16] float32  output y: Tensor[B, 5] float32 }
+module id16 : Id16 {}
+module sq : Sq {}
+compose g5 : C5 = id16 >> sq
+""")
+    assert codes(result) == ["E0605", "W0501"]
+    assert result.diagnostics[0].message == "`S == 5` (output `y` of C5) has no solution in positive integers " \
+        "together with `16 == S * S` (`id16 >> sq`)"
+    assert [r.verdict for r in proofs(result, "dims")] == [Verdict.FAIL]
+
+
 # ---------------------------------------------------------------- large tensors: the interval abstraction
 
 
@@ -278,6 +334,60 @@ def test_an_elementwise_relation_between_large_tensors_is_unknown(check: Check) 
     result = check(pipe_spec("z == x", "z >= 0", width=100))
     assert pipe_verdicts(result) == [Verdict.UNKNOWN]
     assert "too large" in result.diagnostics[0].message
+
+
+# ---------------------------------------------------------------- free dims: every size, not the size tried
+
+
+def free_pipe(left_ensures: str, right_requires: str) -> str:
+    return "dim S\n" + pipe_spec(left_ensures, right_requires, width="S")  # type: ignore[arg-type]
+
+
+def test_a_pipe_proved_only_for_the_size_tried_is_unknown_naming_the_dim(check: Check) -> None:
+    # z in [0, 1]^S: sum(z) <= 3 holds for S = 3 (the size tried) but not for S = 4.
+    result = check(free_pipe("0 <= z <= 1", "sum(z) <= 3"))
+    assert pipe_verdicts(result) == [Verdict.UNKNOWN]
+    assert codes(result) == ["W0601"]
+    assert "it holds with `S` = 3, but `S` is free" in result.diagnostics[0].message
+    # Refuted at S = 3, but S = 2 keeps it: not an error either.
+    refuted = check(free_pipe("0 <= z <= 1", "sum(z) <= 2"))
+    assert codes(refuted) == ["W0601"] and "with `S` = 3 it fails (" in refuted.diagnostics[0].message
+
+
+def test_a_free_size_argument_that_covers_every_size_is_still_proved_or_refuted(check: Check) -> None:
+    for requires in ("all(z >= 0)", "min(z) >= -1 and max(z) <= 1", "sum(z) >= 0", "mean(z) <= 1"):
+        result = check(free_pipe("0 <= z <= 1", requires))
+        assert (requires, pipe_verdicts(result), codes(result)) == (requires, [Verdict.PASS], [])
+    # Only min and max read: a model is one of every size from 2 on, so a refutation holds whatever S is.
+    everywhere = check(free_pipe("0 <= z <= 1", "max(z) <= 0.5"))
+    assert codes(everywhere) == ["E0602"] and "max(z) = " in everywhere.diagnostics[0].message
+    # `_` in b's input is sized by a's output (2 elements): nothing is free there.
+    sized = check(pipe_spec("z[0] == 1 and z[1] == 0", "sum(z) == 1").replace(
+        "input z: Tensor[B, 2] float32", "input z: Tensor[B, _] float32"))
+    assert (pipe_verdicts(sized), codes(sized)) == ([Verdict.PASS], [])
+    # The input x has a free size but no clause reads it: the refutation on z (2 elements) is exact.
+    fixed = check("dim S\n" + pipe_spec("z[0] == 0.5 and z[1] == -0.5", "z >= 0").replace(
+        "input x: Tensor[B, 2] float32 in [0, 1]", "input x: Tensor[B, S] float32 in [0, 1]"))
+    assert codes(fixed) == ["E0602"]
+
+
+def test_subtyping_and_vacuity_are_not_decided_by_the_size_tried(check: Check) -> None:
+    result = check("""
+dim S
+interface Free { input x: Tensor[B, S] float32 in [0, 1]  output y: Tensor[B, S] float32 }
+module m : Free { requires sum(x) <= 3 }
+interface Wide { input x: Tensor[B, S] float32 in [0, 1]  output y: Tensor[B, S] float32  requires sum(x) >= 4 }
+module w : Wide { }
+interface Empty { input x: Tensor[B, S] float32  output y: Tensor[B, S] float32
+                  requires max(x) <= 0.5 and min(x) >= 0.6 }
+module e : Empty { }
+""")
+    # m strengthens the requires once S >= 4; w's requires is kept by x = ones for S >= 4; e's by none at any size.
+    assert codes(result) == ["W0601", "W0601", "E0601"]
+    subtype, vacuity = result.diagnostics[:2]
+    assert "`m` is a behavioural subtype" in subtype.message and "`S` = 3" in subtype.message
+    assert "with `S` = 3 no input keeps them, but `S` is free" in vacuity.message
+    assert "no input satisfies `requires max(x) <= 0.5 and min(x) >= 0.6` of `e`" in result.diagnostics[2].message
 
 
 # ---------------------------------------------------------------- the CLI
