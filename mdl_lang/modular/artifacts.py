@@ -232,7 +232,7 @@ def spec_text(
         f"type Input = {input_type or f'Tensor[B, {shape}] float32'}",
         f"type Scores[L] = {scores}",
         "",
-        *_classifier_interface(decomposition.probabilities),
+        *_classifier_interface(),
         "",
         "# A module of one class k: its argmax is `other` when it does not claim k.",
         "interface Concern[L] {",
@@ -282,18 +282,12 @@ CHANNEL_COMMENTS = {
 }
 
 
-def _classifier_interface(probabilities: bool) -> list[str]:
-    """The vote's interface. Without a value range, the vote scores a label whose module abstains
-    while another claims with -inf (the bottom of the range), so finite scores are promised only for
-    probabilities."""
-    lines = ["interface Classifier[L] {", "  input x: Input", "  output y: Scores[L]", "  requires finite(x)"]
-    if probabilities:
-        return [*lines, "  ensures finite(y)", "}"]
+def _classifier_interface() -> list[str]:
+    """The vote's interface: a vote scores a label whose module abstains at the bottom of its scores'
+    range, or at the lowest score of the call where they have none, so finite scores stay finite."""
     return [
-        "# Logits have no bottom, so the vote scores labels whose module abstains, while another",
-        "# claims, with -inf: its scores are not promised finite.",
-        *lines,
-        "}",
+        "interface Classifier[L] {", "  input x: Input", "  output y: Scores[L]", "  requires finite(x)",
+        "  ensures finite(y)", "}",
     ]
 
 

@@ -9,7 +9,7 @@ failed, on which samples, and with what values.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -47,7 +47,12 @@ class Check:
 
 @dataclass(frozen=True)
 class Violation:
-    """A failed check: on `samples`, or on the whole call when `samples` is None."""
+    """A failed check: on `samples`, or on the whole call when `samples` is None.
+
+    `check` and `batch` let the report be narrowed to some of the samples
+    (`Boundary.narrowed`) when several parties share the blame; `replayable`
+    is False when the inputs no longer show it (the module changed them).
+    """
 
     name: str
     kind: str
@@ -57,6 +62,9 @@ class Violation:
     samples: tuple[int, ...] | None
     values: tuple[tuple[str, str], ...] = ()
     error: str | None = None
+    check: Check | None = field(default=None, compare=False, repr=False)
+    batch: int = 0
+    replayable: bool = True
 
 
 class Shapes(NamedTuple):
@@ -236,12 +244,46 @@ class Boundary:
             failing = (~mask).nonzero().flatten().tolist()
             if failing:
                 found.append(Violation(
-                    check.name, check.kind, check.fragment, check.span,
-                    f"{check.kind} {self._shown(check)} of `{self.name}` failed on {len(failing)} of {ctx.batch} "
-                    f"sample{'s' if ctx.batch != 1 else ''}",
-                    tuple(failing), self._explain(check, ctx, failing[0]),
+                    check.name, check.kind, check.fragment, check.span, self._headline(check, len(failing), ctx.batch),
+                    tuple(failing), self._explain(check, ctx, failing[0]), check=check, batch=ctx.batch,
                 ))
         return found
+
+    def narrowed(
+        self, violation: Violation, samples: tuple[int, ...] | None, values: dict[str, object], bound: dict[str, int],
+    ) -> Violation:
+        """`violation` on `samples`, some of its own (one party's share of it), explained at the first of them.
+
+        `values` and `bound` are those the violation was found on.
+        """
+        check = violation.check
+        if samples == violation.samples or not samples or check is None:
+            return violation
+        return replace(
+            violation, message=self._headline(check, len(samples), violation.batch), samples=samples,
+            values=self._explain(check, self.context(values, bound), samples[0]),
+        )
+
+    def modified_in_place(self) -> Violation:
+        """A requires that failed on the fast path before the call and holds on the inputs after it.
+
+        The module changed its input in place, so which check failed, and on
+        which samples, is lost: the report names the requires and says why.
+        """
+        checks = [check for check in self.requires if not check.implied]
+        names = ", ".join(f"`{check.name}`" for check in checks)
+        what = f"requires {names}" if len(checks) == 1 else f"one of the requires {names}"
+        return Violation(
+            checks[0].name if len(checks) == 1 else "requires", "requires", checks[0].fragment, checks[0].span,
+            f"{what} of `{self.name}` failed on the input as given, and holds after the call: `{self.name}` "
+            "changed its input in place, so the failing samples cannot be shown; pass it a copy, or avoid "
+            "in-place operations",
+            None, replayable=False,
+        )
+
+    def _headline(self, check: Check, failing: int, batch: int) -> str:
+        return (f"{check.kind} {self._shown(check)} of `{self.name}` failed on {failing} of {batch} "
+                f"sample{'s' if batch != 1 else ''}")
 
     def _shown(self, check: Check) -> str:
         """A clause as a headline names it: by name, with its text when it has none of its own."""

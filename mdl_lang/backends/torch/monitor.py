@@ -24,6 +24,7 @@ from torch import nn
 
 from mdl_lang import blame, ir
 from mdl_lang.backends.torch.boundary import Boundary, Violation
+from mdl_lang.backends.torch.readings import Readings
 from mdl_lang.diagnostics import SourceMap
 from mdl_lang.report import Blame, Result, Verdict, Witness, render_result
 
@@ -80,12 +81,17 @@ class MonitorOptions:
 
 @dataclass(slots=True)
 class Session:
-    """One monitored call: collects results and decides, per mode, what a failure does."""
+    """One monitored call: collects results and decides, per mode, what a failure does.
+
+    `faults` are the failures found so far in the call, each with its samples
+    and the party blamed: a composition's ensures that fails on the same
+    samples is blamed on that party (LANGUAGE.md section 7).
+    """
 
     options: MonitorOptions
     sources: SourceMap
     sink: list[Result]
-    failed_parts: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    faults: list[blame.Fault] = field(default_factory=list)
 
     def __call__(self) -> Session:
         """The session itself: `run_part` takes a session or a factory of one, and calls it only on a failure."""
@@ -99,13 +105,75 @@ class Session:
             warnings.warn(render_result(result, self.sources), ContractWarning, stacklevel=4)
         self.sink.append(result)
 
+    def faults_inside(self, path: tuple[str, ...]) -> tuple[blame.Fault, ...]:
+        """The failures of the parts inside the composition at `path`, in the order they happened."""
+        depth = len(path)
+        return tuple(fault for fault in self.faults if len(fault.path) > depth and fault.path[:depth] == path)
+
 
 class Outcome(NamedTuple):
-    """What one part's call left behind: its outputs and the ensures that failed."""
+    """What one part's call left behind: its outputs, its failed ensures (each with its samples and blame),
+    and whether one of its requires failed."""
 
-    outputs: tuple[torch.Tensor, ...]
-    failed_ensures: tuple[str, ...]
-    bad_input: bool
+    outputs: tuple
+    faults: tuple[blame.Fault, ...] = ()
+    bad_input: bool = False
+
+    @property
+    def failed_ensures(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(fault.clause for fault in self.faults))
+
+
+class Requires:
+    """The slow path of one call's requires: each violation with the parties blamed for it, found at most once.
+
+    A composition makes one before its parts run: a part whose requires fail
+    asks it (through `blame.composition_input`) whether the composition's own
+    requires failed on the same samples, before the composition's boundary
+    reports it after the call.
+    """
+
+    __slots__ = ("_shares", "bound", "boundary", "path", "upstream", "values")
+
+    def __init__(
+        self, boundary: Boundary, values: dict[str, object], upstream: blame.Upstream, path: tuple[str, ...],
+    ) -> None:
+        self.boundary = boundary
+        self.values = values
+        self.upstream = upstream
+        self.path = path
+        self.bound: dict[str, int] = {}
+        self._shares: list[tuple[Violation, blame.Share]] | None = None
+
+    def shares(self) -> list[tuple[Violation, blame.Share]]:
+        """Every violation, once for each party that shares its blame (with that party's samples)."""
+        if self._shares is None:
+            self._shares = []
+            for violation in self.boundary.violations("requires", self.values, self.bound):
+                self.add(violation)
+        return self._shares
+
+    def add(self, violation: Violation) -> None:
+        shares = self.shares()
+        for share in blame.requires_failure(
+            self.boundary.name, violation.name, self.path, self.upstream, violation.samples,
+        ):
+            shares.append((violation, share))
+
+    def faults(self) -> tuple[blame.Fault, ...]:
+        """The requires that failed, each with its samples and blame (an undecided one blames no one)."""
+        name, path = self.boundary.name, self.path
+        return tuple(
+            blame.Fault(name, violation.name, "requires", path, share.samples, share.blame)
+            for violation, share in self.shares() if violation.error is None
+        )
+
+    def report(self, session: Session) -> None:
+        """Report every share, and record who was blamed where for what follows from them."""
+        for violation, share in self.shares():
+            narrowed = self.boundary.narrowed(violation, share.samples, self.values, self.bound)
+            session.report(_result(self.boundary, narrowed, share.blame, self.values, {}, session, self.path))
+        session.faults.extend(self.faults())
 
 
 _NO_KEYWORDS: MappingProxyType = MappingProxyType({})
@@ -118,66 +186,78 @@ def run_part(
     upstream: blame.Upstream,
     path: tuple[str, ...],
     session: Callable[[], Session],
-    own_ensures: Callable[[str], Blame] | None = None,
+    composite: bool = False,
     args: tuple = (),
     kwargs: Mapping[str, object] = _NO_KEYWORDS,
+    requires: Requires | None = None,
 ) -> tuple[object, Outcome]:
     """Check requires, run `call(*args, **kwargs)`, check ensures; every failure is reported with its blame.
 
     The value checks of both phases are decided by one host sync after the
     call; a wrong shape or dtype is caught before it. `session` is a Session
     or a factory of one, called only when something is reported, so that a
-    passing call allocates none. `own_ensures` decides the blame of a failed
-    ensures when the default (the part itself) does not apply: a
-    composition's ensures blames a failed part first.
+    passing call allocates none. `composite` marks a composition's boundary:
+    its failed ensures are blamed, sample by sample, on whoever was blamed for
+    a part's failure there first. `requires` is the call's slow requires when
+    the caller made it already (a composition, for its parts to ask).
     """
     fast = boundary.fast_requires(in_values)
     readings = fast.readings
     if readings is None:
-        session = session()
-        before = boundary.violations("requires", in_values, {})
-        _report_requires(boundary, before, upstream, path, session, in_values)
+        # A wrong call (shape, dtype, a check that cannot run): reported before the module runs.
+        requires = requires or Requires(boundary, in_values, upstream, path)
+        requires.report(session())
     try:
         raw = call(*args, **kwargs)
     except Exception:
         if readings is not None and not readings.holds():
             # The module failed on input that broke its requires: that is the report.
-            _report_requires(boundary, boundary.violations("requires", in_values, {}), upstream, path, session(),
-                             in_values)
+            (requires or Requires(boundary, in_values, upstream, path)).report(session())
         raise
-    outputs = _as_tuple(raw)
+    outputs = outputs_of(raw, boundary.outputs)
     if readings is not None and boundary.fast_ensures(fast, outputs) and readings.holds():
-        return raw, Outcome(outputs, (), False)
+        return raw, Outcome(outputs)
     session = session()
-    # An ensures may speak of the inputs too (`y == x / 255`).
-    values = dict(in_values)
-    values.update(zip((p.name for p in boundary.outputs), outputs, strict=False))
-    slow_bound: dict[str, int] = {}
+    if requires is None:
+        requires = Requires(boundary, in_values, upstream, path)
     if readings is not None:
-        before = boundary.violations("requires", in_values, slow_bound)
-        _report_requires(boundary, before, upstream, path, session, in_values)
-    else:
-        boundary.violations("requires", in_values, slow_bound)
-    after = boundary.violations("ensures", values, slow_bound)
-    failed = []
-    for violation in after:
-        if before:
-            party = blame.for_ensures_after_bad_input(boundary.name, violation.name, path, upstream)
-        else:
-            party = (
-                own_ensures(violation.name) if own_ensures else blame.for_ensures(boundary.name, violation.name, path)
-            )
-            failed.append(violation.name)
-        session.report(_result(boundary, violation, party, in_values, slow_bound, session))
-    if failed or before:
-        session.failed_parts.append((boundary.name, path))
-    return raw, Outcome(outputs, tuple(failed), bool(before))
+        if not requires.shares() and _changed_in_place(boundary, in_values, readings):
+            requires.add(boundary.modified_in_place())
+        requires.report(session)
+    return raw, _ensures(boundary, requires, outputs, session, composite)
 
 
-def _report_requires(boundary: Boundary, violations, upstream, path, session: Session, in_values) -> None:
-    for violation in violations:
-        party = blame.for_requires(boundary.name, violation.name, path, upstream)
-        session.report(_result(boundary, violation, party, in_values, {}, session))
+def _changed_in_place(boundary: Boundary, in_values: dict[str, object], readings: Readings) -> bool:
+    """Whether the fast requires failed before the call on inputs that pass them after it.
+
+    The slow path checks the inputs after the call: a module that changed
+    them in place (`nn.ReLU(inplace=True)`) can hide a broken requires. The
+    fast checks are deterministic, so passing now where they failed before
+    means the inputs changed; asked only when the slow path found no failing
+    requires, it costs the passing path nothing.
+    """
+    again = boundary.fast_requires(in_values).readings
+    return again is not None and again.holds() and not readings.passed(len(again.tests))
+
+
+def _ensures(boundary: Boundary, requires: Requires, outputs: tuple, session: Session, composite: bool) -> Outcome:
+    """The slow path of a call's ensures, after its requires: each failure split among the parties blamed."""
+    # An ensures may speak of the inputs too (`y == x / 255`).
+    values = dict(requires.values)
+    values.update(zip((port.name for port in boundary.outputs), outputs, strict=False))
+    path, bound = requires.path, requires.bound
+    bad_input = requires.faults()
+    parts = session.faults_inside(path) if composite else None
+    faults = []
+    for violation in boundary.violations("ensures", values, bound):
+        for share in blame.ensures_failure(boundary.name, violation.name, path, violation.samples, bad_input, parts):
+            narrowed = boundary.narrowed(violation, share.samples, values, bound)
+            result = _result(boundary, narrowed, share.blame, requires.values, bound, session, path)
+            if result.verdict is Verdict.FAIL:
+                faults.append(blame.Fault(boundary.name, violation.name, "ensures", path, share.samples, share.blame))
+            session.report(result)
+    session.faults.extend(faults)
+    return Outcome(outputs, tuple(faults), bool(requires.shares()))
 
 
 def port_values(ports: tuple[ir.Port, ...], args: tuple, kwargs: dict) -> dict[str, object]:
@@ -187,10 +267,19 @@ def port_values(ports: tuple[ir.Port, ...], args: tuple, kwargs: dict) -> dict[s
     return values
 
 
-def _as_tuple(raw: object) -> tuple:
+def outputs_of(raw: object, ports: tuple[ir.Port, ...]) -> tuple:
+    """A module's result as the values of its output ports, in port order.
+
+    A tensor is the one output, a tuple or list is in port order, and a dict
+    is matched by port name (in its own order only when its keys are not the
+    port names).
+    """
     if isinstance(raw, torch.Tensor):
         return (raw,)
-    if isinstance(raw, dict):
+    if isinstance(raw, Mapping):
+        names = [port.name for port in ports]
+        if all(name in raw for name in names):
+            return tuple(raw[name] for name in names)
         return tuple(raw.values())
     if isinstance(raw, (tuple, list)):
         return tuple(raw)
@@ -199,9 +288,11 @@ def _as_tuple(raw: object) -> tuple:
 
 def _result(
     boundary: Boundary, violation: Violation, party: Blame, inputs: dict, bound: dict, session: Session,
+    path: tuple[str, ...],
 ) -> Result:
     verdict = Verdict.UNKNOWN if violation.error else Verdict.FAIL
-    replay = _save_replay(boundary, violation, inputs, session) if verdict is Verdict.FAIL else None
+    replayable = verdict is Verdict.FAIL and violation.replayable
+    replay = _save_replay(boundary, violation, inputs, session, path) if replayable else None
     witness = Witness(
         violation.samples or (), violation.values, replay, tuple(sorted(bound.items())),
     )
@@ -211,8 +302,12 @@ def _result(
     )
 
 
-def _save_replay(boundary: Boundary, violation: Violation, inputs: dict, session: Session) -> str | None:
-    """Save the offending inputs of the part that failed, for `mdl replay`."""
+def _save_replay(
+    boundary: Boundary, violation: Violation, inputs: dict, session: Session, path: tuple[str, ...],
+) -> str | None:
+    """Save the offending inputs of the part that failed, for `mdl replay`: with the components it ran inside
+    (`path`, outermost first), so that a part of a `replace` is rebuilt with the replacement in effect, and
+    the spec's absolute path, so that the file replays from any folder."""
     folder = session.options.replay_dir
     if folder is None:
         return None
@@ -225,13 +320,14 @@ def _save_replay(boundary: Boundary, violation: Violation, inputs: dict, session
     index = 0
     while (folder / f"{stem}-{index}.pt").exists():
         index += 1
-    path = folder / f"{stem}-{index}.pt"
+    file = folder / f"{stem}-{index}.pt"
+    spec = str(Path(session.options.spec_file).resolve()) if session.options.spec_file else ""
     torch.save({
-        "schema": "mdl-replay/1", "spec": session.options.spec_file, "component": boundary.name,
+        "schema": "mdl-replay/1", "spec": spec, "component": boundary.name, "path": list(path),
         "clause": violation.name, "kind": violation.kind, "samples": list(violation.samples or ()),
         "inputs": tensors,
-    }, path)
-    return str(path)
+    }, file)
+    return str(file)
 
 
 def _offending(tensor: torch.Tensor, samples: list[int] | None) -> torch.Tensor:
@@ -271,6 +367,11 @@ class MonitoredModule(Switchable, nn.Module):
         self._boundary: Boundary | None = None
         self._path = (name,)
         self._caller = blame.caller(self._path)
+        # Transparent for weights, alone or inside another module: its state is the wrapped module's, under
+        # the monitor's own keys (`body.weight`, not `body.module.weight`), saved and loaded alike. The
+        # private names are those torch 2.2 has (public since 2.5).
+        self._register_state_dict_hook(_unwrapped_keys)
+        self._register_load_state_dict_pre_hook(_wrapped_keys, with_module=True)
 
     @property
     def boundary(self) -> Boundary:
@@ -288,7 +389,7 @@ class MonitoredModule(Switchable, nn.Module):
             values = port_values(boundary.inputs, args, kwargs)
         # The wrapped module from `_modules` itself: `self.module` goes through nn.Module.__getattr__.
         raw, _ = run_part(
-            boundary, self._modules["module"], values, self._caller, self._path, self._session, None, args, kwargs,
+            boundary, self._modules["module"], values, self._caller, self._path, self._session, False, args, kwargs,
         )
         return raw
 
@@ -296,17 +397,37 @@ class MonitoredModule(Switchable, nn.Module):
         """A session for this call, made only when a check fails (a passing call needs none)."""
         return Session(self.options, self.sources, self.reports)
 
-    # The monitor is transparent for weights: its state is the wrapped module's.
-    def state_dict(self, *args, **kwargs):
-        return self.module.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
-
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_boundary"] = None  # compiled closures are rebuilt from the IR after unpickling
         return state
+
+
+_WRAPPED = "module."
+"""The wrapped module's key in a monitor's state, which the monitor's state dict leaves out."""
+
+
+def _unwrapped_keys(monitor: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:
+    """State-dict hook: the wrapped module's entries under the monitor's own prefix.
+
+    Its version metadata is copied there too (for a plain module loading
+    them), and kept where the monitor loads it from.
+    """
+    inner = prefix + _WRAPPED
+    for key in [key for key in state if key.startswith(inner)]:
+        state[prefix + key[len(inner):]] = state.pop(key)
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        for key in [key for key in metadata if key.startswith(inner)]:
+            metadata[prefix + key[len(inner):]] = metadata[key]
+        if inner[:-1] in metadata:
+            metadata[prefix[:-1]] = metadata[inner[:-1]]
+
+
+def _wrapped_keys(monitor: nn.Module, state: dict, prefix: str, *_) -> None:
+    """Load-state-dict pre-hook: the entries under the monitor's prefix go to the wrapped module."""
+    for key in [key for key in state if key.startswith(prefix)]:
+        state[prefix + _WRAPPED + key[len(prefix):]] = state.pop(key)
 
 
 def _never() -> bool:

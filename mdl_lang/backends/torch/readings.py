@@ -46,41 +46,63 @@ class Readings:
     """The statistics a call's fast checks left, with their tests; `holds()` syncs once and decides.
 
     Readers extend the two lists in step, straight, to keep the fast path free of calls.
+    `failed_at` is the number of tests read before the first verdict already known
+    false (None: there is none); `values` keeps what `holds()` read back when it
+    failed, so that `passed` can tell which phase failed without another sync.
     """
 
-    __slots__ = ("failed", "statistics", "tests")
+    __slots__ = ("failed_at", "statistics", "tests", "values")
 
     def __init__(self) -> None:
         self.statistics: list[torch.Tensor] = []
         self.tests: list[Test] = []
-        self.failed = False
+        self.failed_at: int | None = None
+        self.values: list[float] | None = None
 
     def add_verdict(self, verdict: torch.Tensor | bool) -> None:
         """A verdict already reached: a 0-dim bool tensor on the device, or a Python bool."""
         if isinstance(verdict, torch.Tensor):
             self.statistics.append(verdict)
             self.tests.append(bool)
-        elif not verdict:
-            self.failed = True
+        elif not verdict and self.failed_at is None:
+            self.failed_at = len(self.tests)
 
     def holds(self) -> bool:
         """Whether every test passes: the one host sync of a monitored call."""
-        if self.failed:
+        if self.failed_at is not None:
             return False
         statistics = self.statistics
         if not statistics:
             return True
-        if len(statistics) == 1:
-            values = [statistics[0].item()]
-        else:
-            try:
-                values = torch.stack(statistics).tolist()
-            except RuntimeError:  # statistics on different devices: a module that moves its outputs
-                values = [statistic.item() for statistic in statistics]
-        for test, value in zip(self.tests, values, strict=False):  # noqa: SIM110 - no generator on the fast path
+        values = _read_back(statistics)
+        for test, value in zip(self.tests, values, strict=False):
             if not test(value):
+                self.values = values
                 return False
         return True
+
+    def passed(self, count: int) -> bool:
+        """Whether the first `count` tests pass: those of a call's requires, read before its ensures.
+
+        Asked on the failure path only; it reads back what `holds()` has not.
+        """
+        if self.failed_at is not None and self.failed_at < count:
+            return False
+        if self.values is not None:
+            values = self.values
+        else:
+            values = _read_back(self.statistics[:count]) if count and self.statistics else []
+        return all(test(value) for test, value in zip(self.tests[:count], values[:count], strict=True))
+
+
+def _read_back(statistics: list[torch.Tensor]) -> list[float]:
+    """The statistics as Python numbers: one host sync, however many there are."""
+    if len(statistics) == 1:
+        return [statistics[0].item()]
+    try:
+        return torch.stack(statistics).tolist()
+    except RuntimeError:  # statistics on different devices: a module that moves its outputs
+        return [statistic.item() for statistic in statistics]
 
 
 def rounded(constant: Constant, dtype: torch.dtype) -> float:

@@ -191,3 +191,133 @@ def test_bind_errors_are_clear(spec):
         spec.bind("mpl", MLP())
     with pytest.raises(mdl_lang.BindError, match="is a module"):
         spec.bind("mlp")
+
+
+PORTS_TEXT = """
+dim B : batch
+interface Split {
+  input x: Tensor[B, 4] float32
+  output lo: Tensor[B, 2] float32
+  output hi: Tensor[B, 3] float32 in [0, 10]
+}
+interface Join {
+  input lo: Tensor[B, 2] float32
+  input hi: Tensor[B, 3] float32
+  output y: Tensor[B, 5] float32
+}
+interface Whole {
+  input x: Tensor[B, 4] float32
+  output y: Tensor[B, 5] float32
+}
+interface Capped {
+  input x: Tensor[B, 3] float32
+  output y: Tensor[B, 3] float32
+  requires small: all(x <= 1)
+  ensures low: all(y <= 1)
+}
+module split : Split
+module join : Join
+module cap : Capped
+compose whole : Whole = split >> join
+"""
+
+
+class SplitByName(nn.Module):
+    """Returns a dict keyed by the output port names, in the other order."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"hi": x[:, 1:].abs(), "lo": x[:, :2]}
+
+
+class Join(nn.Module):
+    def forward(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        return torch.cat([lo, hi], dim=1)
+
+
+class ClampInPlace(nn.Module):
+    """Changes its input in place, as `nn.ReLU(inplace=True)` does; `scale` then scales the output."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.clamp_(max=1.0)
+        return x * self.scale
+
+
+@pytest.fixture(scope="module")
+def ports_spec(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ports") / "ports.mdl"
+    path.write_text(PORTS_TEXT)
+    return mdl_lang.load(path)
+
+
+def test_dict_outputs_are_matched_to_ports_by_name(ports_spec):
+    x = torch.randn(3, 4)
+    module = ports_spec.bind("split", SplitByName(), mode="record", replay_dir=None)
+    module(x)
+    assert module.reports == []
+    composed = ports_spec.bind("whole", parts={"split": SplitByName(), "join": Join()}, mode="record",
+                               replay_dir=None)
+    assert torch.equal(composed(x), Join()(**SplitByName()(x)))
+    assert composed.reports == []
+    with mdl_lang.monitor_mode("off"):
+        assert torch.equal(composed(x), Join()(**SplitByName()(x)))
+
+
+def test_a_requires_broken_before_an_in_place_change_is_still_reported(ports_spec):
+    bad = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    with pytest.raises(ContractViolation, match="in place") as raised:
+        ports_spec.bind("cap", ClampInPlace(), replay_dir=None)(bad.clone())
+    result = raised.value.result
+    assert result.kind == "requires" and result.clause == "small"
+    assert result.blame.party == "caller"
+    recording = ports_spec.bind("cap", ClampInPlace(scale=2.0), mode="record", replay_dir=None)
+    recording(bad.clone())
+    assert [(r.clause, r.kind) for r in recording.reports] == [("small", "requires"), ("low", "ensures")]
+
+
+def test_an_in_place_change_of_a_good_input_blames_only_what_failed(ports_spec):
+    monitored = ports_spec.bind("cap", ClampInPlace(scale=2.0), mode="record", replay_dir=None)
+    monitored(torch.tensor([[0.5, 0.0, 0.0], [1.0, 0.0, 0.0]]))
+    assert [(r.clause, r.blame.party) for r in monitored.reports] == [("low", "cap")]
+    monitored.reports.clear()
+    with torch.inference_mode():
+        monitored(torch.tensor([[0.9, 0.0, 0.0]]))
+        monitored(torch.tensor([[5.0, 0.0, 0.0]]))
+    assert [(r.clause, "in place" in r.message) for r in monitored.reports] == [
+        ("low", False), ("small", True), ("low", False),
+    ]
+
+
+class Holder(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_state_dict_round_trips_through_a_parent_module(spec, ports_spec):
+    first, second = Holder(spec.bind("mlp", MLP())), Holder(spec.bind("mlp", MLP()))
+    state = first.state_dict()
+    assert list(state) == [f"body.{key}" for key in MLP().state_dict()]
+    second.load_state_dict(state)
+    for key, value in second.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    plain = Holder(MLP())
+    plain.load_state_dict(state)
+    first.load_state_dict(plain.state_dict())
+    nested = spec.bind("mlp", spec.bind("mlp", MLP()))
+    nested.load_state_dict(first.body.state_dict())
+    assert list(nested.state_dict()) == list(MLP().state_dict())
+
+    def whole() -> Holder:
+        return Holder(ports_spec.bind("whole", parts={"split": SplitByName(), "join": spec.bind("mlp", MLP())}))
+
+    made, loaded = whole(), whole()
+    loaded.load_state_dict(made.state_dict())
+    assert torch.equal(made.state_dict()["body.parts.join.layers.0.weight"],
+                       loaded.state_dict()["body.parts.join.layers.0.weight"])
