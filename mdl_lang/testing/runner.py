@@ -32,11 +32,12 @@ from mdl_lang.backends.torch import relational, statistics
 from mdl_lang.backends.torch.boundary import Boundary
 from mdl_lang.backends.torch.monitor import monitor_mode
 from mdl_lang.backends.torch.predicates import CallContext, UnsupportedClause
-from mdl_lang.backends.torch.refinements import check_call_shape
+from mdl_lang.backends.torch.refinements import check_call_shape, finite_mask, range_mask, summarize
 from mdl_lang.bindings import BindingError, MissingBinding, instantiate, module_for, parts_for
 from mdl_lang.compiler import CheckedSpec
-from mdl_lang.diagnostics import Diagnostic
+from mdl_lang.diagnostics import Diagnostic, Note
 from mdl_lang.report import Blame, Result, Role, Verdict, Witness
+from mdl_lang.span import Span
 from mdl_lang.testing.shrink import shrink_batch
 
 PARTS_FIT = "parts fit"
@@ -83,6 +84,10 @@ def clause_items(spec: CheckedSpec, name: str) -> list[ClauseItem]:
         for check in boundary.requires if check.clause is not None
     ]
     items += [
+        ClauseItem(name, output_type_item(port), "ensures", "per-sample", "pbt", port.span)
+        for port in component.interface.outputs
+    ]
+    items += [
         ClauseItem(name, check.name, "ensures", check.fragment, "pbt", check.span, check.clause)
         for check in boundary.ensures
     ]
@@ -98,8 +103,22 @@ def clause_items(spec: CheckedSpec, name: str) -> list[ClauseItem]:
     return items
 
 
+def output_type_item(port: ir.Port) -> str:
+    """The name of the test of an output port's shape and dtype: the name the monitor reports its failure under."""
+    return f"type of {port.name}"
+
+
 class Undecided(Exception):
     """The test could not reach a verdict; the message says why."""
+
+
+class BadData(BindingError):
+    """A data binding returned something its `data` declaration does not allow."""
+
+    def __init__(self, data: ir.Data, problem: str) -> None:
+        super().__init__(f"data set `{data.name}` ({_where(data.span)}): {problem}")
+        self.data = data
+        self.problem = problem
 
 
 class _ClauseFailed(Exception):
@@ -189,6 +208,8 @@ class ContractTester:
             return self._result(item, Verdict.UNKNOWN, f"inputs cannot be drawn: {starved}")
         except Undecided as reason:
             return self._result(item, Verdict.UNKNOWN, str(reason))
+        except BadData as bad:
+            return self._bad_data(item, bad)
 
     # ------------------------------------------------------------ per-sample: property-based tests
 
@@ -233,7 +254,7 @@ class ContractTester:
         samples = found.result.witness.samples if found.result.witness is not None else ()
         if found.result.backend == "monitor" and samples:
             names = [port.name for port in inputs]
-            still_fails = _still_fails(monitored, names, failing, _requires_mask(self._boundary(component)))
+            still_fails = _still_fails(monitored, names, failing, requires_mask(self._boundary(component)))
             found.batch = shrink_batch(found.batch, tuple(samples), _batched_inputs(component), still_fails)
         elif not at_a_corner:
             # A crash or a failure of the whole batch names no sample: hypothesis shrinks it, one try at a
@@ -249,7 +270,7 @@ class ContractTester:
             batch = strategies.corners(component)
         except (ValueError, TypeError, KeyError):
             return None
-        kept = _requires_mask(self._boundary(component))(batch)
+        kept = requires_mask(self._boundary(component))(batch)
         if not bool(kept.any()):
             return None
         batched = _batched_inputs(component)
@@ -259,7 +280,7 @@ class ContractTester:
         return Boundary(component.name, component, self.spec.sources)
 
     def _strategy(self, component: ir.Component, batch: tuple[int, int]):
-        return strategies.inputs(component, batch=batch, keep=_requires_mask(self._boundary(component)))
+        return strategies.inputs(component, batch=batch, keep=requires_mask(self._boundary(component)))
 
     def _hypothesis(self, property_, strategy, examples: int, shrink: bool = True) -> None:
         # `explain` re-runs the shrunk failure many times to annotate which arguments matter; our
@@ -310,6 +331,8 @@ class ContractTester:
         generator = torch.Generator().manual_seed(self.settings.seed)
         found = _Found()
         verdicts = []
+        # LANGUAGE.md section 5: `x2` ranges over the ball intersected with the input's type and requires.
+        admissible = requires_mask(self._boundary(component))
 
         def call(*args):
             with monitor_mode("off"):
@@ -318,6 +341,7 @@ class ContractTester:
         def property_(batch: dict[str, torch.Tensor]) -> None:
             verdict = relational.check_relational(
                 item.clause, call, batch, component.interface.ports, generator=generator, first_only=True,
+                admissible=admissible,
             )
             verdicts.append(verdict)
             if verdict.failing:
@@ -348,8 +372,10 @@ class ContractTester:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{item.component}-{_file_safe(item.name)}-counterexample.pt"
         torch.save({
-            "schema": "mdl-replay/1", "spec": self.spec.file, "component": item.component, "clause": item.name,
-            "kind": item.kind, "samples": [0], "inputs": {k: v.detach().cpu() for k, v in tensors.items()},
+            # Absolute: `mdl replay` may run from another folder.
+            "schema": "mdl-replay/1", "spec": str(Path(self.spec.file).resolve()), "component": item.component,
+            "clause": item.name, "kind": item.kind, "samples": [0],
+            "inputs": {k: v.detach().cpu() for k, v in tensors.items()},
         }, path)
         return str(path)
 
@@ -373,10 +399,14 @@ class ContractTester:
                       verdict.reason, party, Witness((), values))
 
     def _statistical_blame(self, item: ClauseItem, component: ir.Component, data) -> Blame:
+        """LANGUAGE.md section 7: a vote's failing parts, else a composition's failing parts, else the
+        composition; a module's own clause blames the module."""
         path = (item.component,)
-        parts = _vote_parts(component)
-        if parts is None:
+        if not isinstance(component, ir.Composition):
             return blame.for_ensures(item.component, item.name, path)
+        parts = _vote_parts(self.spec, component)
+        if parts is None:
+            return _composition_blame(item, self._parts_failing_on(item.component, data[0]))
         failing = []
         for part_name in parts:
             part = self.spec.component(part_name)
@@ -391,18 +421,41 @@ class ContractTester:
                     failing.append((part_name, clause.name))
         return blame.for_statistical_vote(item.component, item.name, path, tuple(failing))
 
+    def _parts_failing_on(self, name: str, inputs: torch.Tensor) -> tuple[blame.Fault, ...]:
+        """The failures of the parts of composition `name` on a data set, one per blamed part, as the monitor
+        blames them; run only after the composition's own clause failed on that data."""
+        monitored = self._monitored(name)
+        faults: dict[str, blame.Fault] = {}
+        with torch.no_grad():
+            for start in range(0, len(inputs), 1024):
+                monitored.reports.clear()
+                monitored(inputs[start:start + 1024])
+                for report in monitored.reports:
+                    party = report.blame
+                    if (report.verdict is Verdict.FAIL and report.component != name and party is not None
+                            and party.role is Role.MODULE):
+                        # The clause is about the whole data set: a part's failure on it covers all of it.
+                        faults.setdefault(party.party, blame.Fault(
+                            report.component, report.clause, report.kind, party.path, None, party,
+                        ))
+        return tuple(faults.values())
+
     def _data(self, clause: ir.Clause) -> tuple[torch.Tensor, torch.Tensor]:
         declared = self._declared_data(clause)
         if declared.binding is None:
             raise MissingBinding(f"data set `{declared.name}` has no `python \"...\"` binding to load it from")
         loaded = instantiate(declared.binding, declared.file)
         if isinstance(loaded, tuple) and len(loaded) == 2:
-            return loaded[0], torch.as_tensor(loaded[1]).long()
-        if isinstance(loaded, torch.utils.data.Dataset):
+            inputs, labels = loaded
+        elif isinstance(loaded, torch.utils.data.Dataset):
             pairs = [loaded[i] for i in range(len(loaded))]
-            return torch.stack([p[0] for p in pairs]), torch.as_tensor([int(p[1]) for p in pairs])
-        raise BindingError(f"data binding `{declared.binding}` returned {type(loaded).__name__}, "
-                           "not an (inputs, labels) pair or a Dataset")
+            try:
+                inputs, labels = torch.stack([p[0] for p in pairs]), torch.as_tensor([int(p[1]) for p in pairs])
+            except (TypeError, ValueError, RuntimeError, IndexError) as error:
+                raise BadData(declared, f"its items are not (input tensor, label position) pairs: {error}") from error
+        else:
+            raise BadData(declared, f"returned {type(loaded).__name__}, not an (inputs, labels) pair or a Dataset")
+        return _checked_data(declared, inputs, labels)
 
     def _declared_data(self, clause: ir.Clause) -> ir.Data:
         # A clause names its data set as the file that wrote it sees it (an imported interface's clause too).
@@ -437,9 +490,35 @@ class ContractTester:
             )
         values = (("measured", f"{verdict.measured:g} {verdict.unit}"), ("limit", f"{verdict.limit:g} {verdict.unit}"))
         outcome = Verdict(verdict.verdict)
-        party = blame.for_ensures(item.component, item.name, (item.component,)) if outcome is Verdict.FAIL else None
+        party = self._cost_blame(item, component) if outcome is Verdict.FAIL else None
         return Result(item.component, item.name, item.kind, item.fragment, "cost", outcome, item.span,
                       verdict.detail, party, Witness((), values))
+
+    def _cost_blame(self, item: ClauseItem, component: ir.Component) -> Blame:
+        """A module's cost blames the module; a composition's blames a part whose own cost clause of the same
+        metric fails, else the composition (its parts' contracts do not establish it)."""
+        path = (item.component,)
+        if not isinstance(component, ir.Composition):
+            return blame.for_ensures(item.component, item.name, path)
+        faults = []
+        for part_name in component.parts:
+            part = self.spec.component(part_name)
+            if not isinstance(part, ir.Module):
+                continue
+            for cost in part.all_costs:
+                if cost.metric != item.clause.metric:
+                    continue
+                with monitor_mode("off"):
+                    verdict = cost_backend.measure_cost(
+                        cost, self._raw(part_name),
+                        lambda batch, ports=part.interface.inputs: cost_backend.example_inputs(ports, batch),
+                    )
+                if verdict.verdict == "fail":
+                    part_path = (*path, part_name)
+                    faults.append(blame.Fault(part_name, cost.name, "ensures", part_path, None,
+                                              blame.for_ensures(part_name, cost.name, part_path)))
+                    break
+        return _composition_blame(item, tuple(faults))
 
     # ------------------------------------------------------------ helpers
 
@@ -455,6 +534,19 @@ class ContractTester:
         ))
         return self._result(item, Verdict.UNKNOWN, f"no backend can check this clause: {reason}")
 
+    def _bad_data(self, item: ClauseItem, bad: BadData) -> Result:
+        """A data set whose binding does not give what its `data` declaration says: an error at the
+        declaration (E0419: the clause cannot be checked on it), and `unknown`, never a verdict on such data."""
+        data = bad.data
+        self.diagnostics.append(Diagnostic(
+            "E0419", f"data set `{data.name}` does not match its declaration: {bad.problem}", data.span,
+            help=f"make the binding \"{data.binding}\" return inputs of type {data.input_type.describe()} and "
+                 f"one label position of {_label_set(data.labels)} per input",
+            notes=(Note(f"`{item.name}` of `{item.component}` is measured on it", item.span),),
+        ))
+        return self._result(item, Verdict.UNKNOWN, f"data set `{data.name}` does not match its declaration "
+                                                   f"({_where(data.span)}): {bad.problem}")
+
     def _skip(self, item: ClauseItem, reason: str) -> Result:
         return self._result(item, Verdict.SKIP, reason)
 
@@ -463,7 +555,7 @@ class ContractTester:
             self.settings.progress(line)
 
 
-def _requires_mask(boundary: Boundary) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+def requires_mask(boundary: Boundary) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     """Per sample, whether it keeps every requires of the component (types included)."""
     checks = boundary.requires
 
@@ -503,6 +595,57 @@ def _still_fails(
     return still_fails
 
 
+def _checked_data(data: ir.Data, inputs: object, labels: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data set as tensors, after checking it is what its declaration says: inputs of the declared
+    type (shape, dtype, range), one integer label position per input, each a position of the label set."""
+    if not isinstance(inputs, torch.Tensor):
+        raise BadData(data, f"its inputs are {type(inputs).__name__}, not a tensor")
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise BadData(data, f"its labels are not a tensor of label positions: {error}") from error
+    port = ir.Port("inputs", "input", data.input_type, data.span)
+    problem = check_call_shape(port, inputs, {})
+    if problem is not None:
+        raise BadData(data, problem.message)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise BadData(data, f"its labels are {str(labels.dtype).replace('torch.', '')}, not integer positions")
+    if labels.shape != (inputs.shape[0],):
+        raise BadData(data, f"{inputs.shape[0]} inputs but labels of shape [{', '.join(map(str, labels.shape))}]: "
+                            "one label position per input")
+    count = len(data.labels.labels)
+    outside = (labels < 0) | (labels >= count)
+    if bool(outside.any()):
+        first = int(outside.nonzero()[0])
+        raise BadData(data, f"{int(outside.sum())} of {labels.shape[0]} labels are not positions of "
+                            f"{_label_set(data.labels)} (in [0, {count})), the first at index {first}: "
+                            f"{int(labels[first])}")
+    bad = ~_declared_values(data.input_type, inputs)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0])
+        raise BadData(data, f"{int(bad.sum())} of {inputs.shape[0]} inputs are outside {data.input_type.describe()}, "
+                            f"the first at index {first}: {summarize(inputs[first])}")
+    return inputs, labels.long()
+
+
+def _declared_values(tensor_type: ir.TensorType, inputs: torch.Tensor) -> torch.Tensor:
+    """Per input, whether its values keep the type's refinements (`in [lo, hi]`, `finite`)."""
+    keep = torch.ones(inputs.shape[0], dtype=torch.bool)
+    if tensor_type.value_range is not None:
+        keep &= range_mask(inputs, *tensor_type.value_range).cpu()
+    if tensor_type.finite:
+        keep &= finite_mask(inputs).cpu()
+    return keep
+
+
+def _label_set(labels: ir.LabelSet) -> str:
+    return labels.name or "{" + ", ".join(ir.format_label(label) for label in labels.labels) + "}"
+
+
+def _where(span: Span) -> str:
+    return f"{span.file}:{span.line}:{span.column}"
+
+
 def _batched_inputs(component: ir.Component) -> frozenset[str]:
     return frozenset(port.name for port in component.interface.inputs if port.type.has_batch)
 
@@ -522,17 +665,31 @@ def _output_labels(component: ir.Component) -> ir.LabelSet:
     return last.labels
 
 
-def _vote_parts(component: ir.Component) -> list[str] | None:
-    """The parts of a composition that is a vote (possibly with parts replaced), else None."""
-    if not isinstance(component, ir.Composition):
-        return None
-    node, replaced = component.expr, {}
-    while isinstance(node, ir.ReplaceNode):
-        replaced[node.old] = node.new
-        node = node.base
+def _composition_blame(item: ClauseItem, parts: tuple[blame.Fault, ...]) -> Blame:
+    """A composition's own clause failed on a whole data set or in a whole measurement: a part that broke its
+    own contract there, else the composition (LANGUAGE.md section 7)."""
+    (share, *_) = blame.ensures_failure(item.component, item.name, (item.component,), None, (), parts)
+    return share.blame
+
+
+def _vote_parts(spec: ir.Spec, component: ir.Composition) -> list[str] | None:
+    """The parts of a composition that is a vote, possibly with parts replaced (also `replace(v, ...)` where `v`
+    names a vote composition), else None."""
+    node, replaced, scope = component.expr, {}, ""
+    while True:
+        while isinstance(node, ir.ReplaceNode):
+            # The same mapping as the composition builds when it runs (composed.py `_plan`).
+            replaced[scope + node.old] = scope + node.new
+            node = node.base
+        reference = scope + node.name if isinstance(node, ir.PartRef) else None
+        named = spec.component(replaced.get(reference, reference)) if reference is not None else None
+        if not isinstance(named, ir.Composition):
+            break
+        node, scope = named.expr, ir.import_scope(named.name)
     if not isinstance(node, ir.VoteNode):
         return None
-    return [replaced.get(part.name, part.name) for part in node.parts if isinstance(part, ir.PartRef)]
+    names = [scope + part.name for part in node.parts if isinstance(part, ir.PartRef)]
+    return [replaced.get(name, name) for name in names]
 
 
 def _spec_of_file(spec: ir.Spec, file: str, seen: set[str] | None = None) -> ir.Spec | None:

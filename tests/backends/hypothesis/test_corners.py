@@ -42,6 +42,9 @@ def test_a_crash_at_a_corner_is_reported_with_the_corner_batch(load_spec, tmp_pa
                      "  output y: Tensor[B, 3] float32\n  ensures finite(y)\n}\nmodule m : I\n")
     tester = ContractTester(spec, TestSettings(max_examples=5, replay_dir=None))
     tester.provide("m", _CrashOnZeroRows())
-    [result] = [r for r in tester.run("m") if r.verdict.value == "fail"]
-    assert "ZeroDivisionError" in result.message
-    assert result.blame.party == "m" and result.blame.role.value == "module"
+    failed = [r for r in tester.run("m") if r.verdict.value == "fail"]
+    # Every item that runs the module fails on the crash: the clause and the output type alike.
+    assert {r.clause for r in failed} == {"ensures@5:3", "type of y"}
+    for result in failed:
+        assert "ZeroDivisionError" in result.message
+        assert result.blame.party == "m" and result.blame.role.value == "module"
