@@ -163,6 +163,8 @@ class _Builder:
                 help="`a >> b` feeds the outputs of `a`, in order, to the inputs of `b`",
             )
             return None
+        if len(right.inputs) == 1:
+            left = _in_label_order_of(left, right.inputs[0])
         ok = True
         for output, port in zip(left.outputs, right.inputs, strict=True):
             ok = self._connect(output, port, left.name, right.name, node.span) and ok
@@ -403,6 +405,26 @@ class _Builder:
         # An interface with `other` makes the vote score `other` too: it abstains when no part claims.
         node = replace(signature.node, labels=last.labels)
         return Signature(node, signature.inputs, outputs, signature.parts, signature.name)
+
+
+def _in_label_order_of(signature: Signature, port: ir.Port) -> Signature:
+    """An inline vote feeding `port`, its scores in the order of `port`'s labels when it scores the same ones.
+
+    An inline vote has no interface of its own: it scores its parts' labels in the order they name them
+    (`vote(even, odd)`: 0, 2, 4, ..., 1, 3, ...). The stage it feeds decides the order, as an interface does.
+    """
+    if not isinstance(signature.node, ir.VoteNode) or len(signature.outputs) != 1:
+        return signature
+    output = signature.outputs[0]
+    wanted = port.type.dims[-1] if port.type.dims else None
+    voted = output.type.dims[-1]
+    if not isinstance(wanted, ir.DimLabels) or wanted.labels.opaque or not isinstance(voted, ir.DimLabels):
+        return signature
+    if set(wanted.labels.labels) != set(voted.labels.labels) or wanted.labels.labels == voted.labels.labels:
+        return signature
+    tensor = replace(output.type, dims=(*output.type.dims[:-1], wanted))
+    node = replace(signature.node, labels=wanted.labels)
+    return Signature(node, signature.inputs, (replace(output, type=tensor),), signature.parts, signature.name)
 
 
 def _shown(tensor: ir.TensorType) -> str:

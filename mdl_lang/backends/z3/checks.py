@@ -360,6 +360,8 @@ class SpecProofs:
             premises += [Fact(c.expr, ports) for c in premise.clauses("requires")]
             premises += _range_facts(premise.outputs[:len(link)], link[:len(premise.outputs)])
             premises += [Fact(c.expr, ports) for c in premise.clauses("ensures")]
+        else:
+            premises += _range_facts(_voted_ports(spec, obligation.premise_node), link[:1])
         left = premise.name if premise is not None else _node_name(obligation.premise_node)
         for party in conclusions:
             ports = _ports(party.inputs, link)
@@ -676,6 +678,15 @@ def _premise_party(spec: ir.Spec, node: ir.CompNode | None, replaced: dict[str, 
         case ir.ReplaceNode(base=base, old=old, new=new):
             return _premise_party(spec, base, {**replaced, old: new})
     return None
+
+
+def _voted_ports(spec: ir.Spec, node: ir.CompNode | None) -> tuple[ir.Port, ...]:
+    """What a vote's output keeps of its own: its parts' output type, whose range they share (E0507) and
+    the vote stays in (it lowers to the range's bottom). Its parts' ensures are about their own labels."""
+    if not isinstance(node, ir.VoteNode) or not node.parts:
+        return ()
+    first = _premise_party(spec, node.parts[0], {})
+    return first.outputs[:1] if first is not None else ()
 
 
 def _conclusion_parties(spec: ir.Spec, node: ir.CompNode | None, replaced: dict[str, str]) -> list[Party]:

@@ -13,6 +13,7 @@ from torch import nn
 import mdl_lang
 from mdl_lang import ir
 from mdl_lang.backends.torch.composed import vote
+from mdl_lang.semantics.checker import check_paths
 
 SPEC = Path(__file__).parent / "specs" / "system.mdl"
 
@@ -312,3 +313,35 @@ def test_a_vote_typed_with_other_abstains_when_no_part_claims(tmp_path):
     all3 = spec.bind("all3", parts={**abstaining, "c": Const([0.4, 0.3])}, mode="record", replay_dir=None)
     assert int(all3(torch.zeros(1, 4)).argmax()) == 2
     assert all3.reports == []
+
+
+def test_an_inline_vote_scores_in_the_label_order_of_the_stage_it_feeds(tmp_path):
+    text = PER_CLASS + """
+labels Low = {0, 2} within Digit
+labels High = {1} within Digit
+type P[L] = Tensor[B, L] float32 in [0, 1]
+interface C[L] {
+  input x: Image
+  output y: P[L]
+}
+interface Head {
+  input s: P[Digit]
+  output y: P[Digit]
+  requires s in [0, 1]
+}
+interface Full {
+  input x: Image
+  output y: P[Digit]
+}
+module low : C[Low | other]
+module high : C[High | other]
+module head : Head
+compose headed : Full = vote(low, high) >> head
+"""
+    path = tmp_path / "inline.mdl"
+    path.write_text(text)
+    assert check_paths([path]).diagnostics == []  # the vote's order {0, 2, 1} follows `Digit`; Z3 knows its range
+    spec = mdl_lang.load(path)
+    parts = {"low": Const([0.1, 0.7, 0.2]), "high": Const([0.9, 0.1]), "head": nn.Identity()}
+    output = spec.bind("headed", parts=parts, replay_dir=None)(torch.zeros(1, 4))
+    assert output.argmax(dim=1).tolist() == [1] and output[0, 1] == 0.9  # column 1 is label 1, as in `Digit`
