@@ -16,7 +16,7 @@ import torch
 
 from mdl_lang import ir
 from mdl_lang.backends.torch.constants import Constant
-from mdl_lang.backends.torch.predicates import CallContext, PredicateCompiler, UnsupportedClause
+from mdl_lang.backends.torch.predicates import CallContext, Instance, PredicateCompiler, UnsupportedClause
 from mdl_lang.backends.torch.readings import RangeReader, Reader, Readings, read_finite
 from mdl_lang.backends.torch.refinements import check_call_shape, finite_mask, range_mask, summarize
 from mdl_lang.diagnostics import SourceMap
@@ -42,6 +42,7 @@ class Check:
     mask: Mask
     clause: ir.Clause | None = None
     nodes: dict[int, ir.Expr] = field(default_factory=dict)
+    instances: tuple[Instance, ...] = ()
     implied: bool = False
 
 
@@ -153,7 +154,7 @@ class Boundary:
             self.skipped.append(Skipped(clause, "nested too deeply for the monitor to compile"))
             return None
         return Check(clause.name, clause.kind, clause.fragment.value, clause.span, compiled.read, compiled.mask,
-                     clause, compiled.nodes)
+                     clause, compiled.nodes, compiled.instances)
 
     # ------------------------------------------------------------ checking
 
@@ -304,8 +305,10 @@ class Boundary:
             check.mask(single)
         except Exception:  # noqa: BLE001 - values are a courtesy; the failure itself is already known
             return ()
-        shown: dict[str, str] = {}
+        shown, hidden = _shown_instances(check.instances, single.trace)
         for node_id, value in sorted(single.trace.items()):
+            if any(instance.first <= node_id <= instance.last for instance in hidden):
+                continue
             node = check.nodes.get(node_id)
             if node is None or isinstance(node, (ir.Const, ir.LabelConst)):
                 continue
@@ -313,6 +316,23 @@ class Boundary:
             if text not in shown:
                 shown[text] = _describe_value(value, node)
         return tuple(shown.items())
+
+
+def _shown_instances(instances: tuple[Instance, ...], trace: dict) -> tuple[dict[str, str], list[Instance]]:
+    """Of each label quantifier, the unrolled body to explain (the first that is false, else the first),
+    with the label it binds, and the bodies whose values to leave out: they share its source text."""
+    chosen: dict[int, Instance] = {}
+    for instance in instances:
+        current = chosen.get(instance.quantifier)
+        if current is None or (_holds_in(trace, current) and not _holds_in(trace, instance)):
+            chosen[instance.quantifier] = instance
+    shown = {instance.var: ir.format_label(instance.label) for instance in chosen.values()}
+    return shown, [instance for instance in instances if chosen.get(instance.quantifier) is not instance]
+
+
+def _holds_in(trace: dict, instance: Instance) -> bool:
+    value = trace.get(instance.last, True)
+    return bool(value.all()) if isinstance(value, torch.Tensor) else bool(value)
 
 
 def _report_order(check: Check) -> int:

@@ -58,6 +58,18 @@ class UnsupportedClause(Exception):
 
 
 @dataclass(frozen=True)
+class Instance:
+    """One unrolled body of a label quantifier: `var` bound to `label`, its traced nodes `first` to `last`
+    (the body's own value is node `last`), `quantifier` telling which quantifier it unrolls."""
+
+    quantifier: int
+    var: str
+    label: ir.Label
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
 class CompiledClause:
     """A clause ready to run.
 
@@ -71,6 +83,7 @@ class CompiledClause:
     read: Reader
     mask: Callable[[CallContext], torch.Tensor]
     nodes: dict[int, ir.Expr] = field(default_factory=dict)
+    instances: tuple[Instance, ...] = ()
 
 
 def sample_rank(value_type: ir.ValueType) -> int | None:
@@ -158,6 +171,8 @@ class PredicateCompiler:
         self._labels: dict[str, ir.Label] = dict(labels or {})
         self._traced = traced
         self.nodes: dict[int, ir.Expr] = {}
+        self.instances: list[Instance] = []
+        self._quantifiers = 0
 
     def compile(self, clause: ir.Clause) -> CompiledClause:
         if clause.fragment is not ir.Fragment.PER_SAMPLE:
@@ -171,7 +186,7 @@ class PredicateCompiler:
         def mask(ctx: CallContext) -> torch.Tensor:
             return per_sample(body(ctx), ctx.batch)
 
-        return CompiledClause(clause, read, mask, dict(tracer.nodes))
+        return CompiledClause(clause, read, mask, dict(tracer.nodes), tuple(tracer.instances))
 
     def emit_root(self, expr: ir.Expr) -> Reader:
         """The clause for the fast path: whole-batch statistics, no per-sample reduction.
@@ -472,9 +487,13 @@ class PredicateCompiler:
 
     def emit_LabelQuantifier(self, expr: ir.LabelQuantifier) -> Closure:
         bodies = []
+        quantifier, self._quantifiers = self._quantifiers, self._quantifiers + 1
         for label in expr.labels.labels:
             self._labels[expr.var] = label
+            first = len(self.nodes)
             bodies.append(self.emit(expr.body))
+            if self._traced:
+                self.instances.append(Instance(quantifier, expr.var, label, first, len(self.nodes) - 1))
         self._labels.pop(expr.var, None)
         combine = (lambda a, b: a & b) if expr.quantifier == "forall" else (lambda a, b: a | b)
         empty = expr.quantifier == "forall"

@@ -321,3 +321,15 @@ def test_state_dict_round_trips_through_a_parent_module(spec, ports_spec):
     loaded.load_state_dict(made.state_dict())
     assert torch.equal(made.state_dict()["body.parts.join.layers.0.weight"],
                        loaded.state_dict()["body.parts.join.layers.0.weight"])
+
+
+def test_the_witness_of_a_quantified_clause_shows_the_label_that_failed(tmp_path):
+    path = tmp_path / "quantified.mdl"
+    path.write_text('labels G = {"tshirt", "trouser", "pullover"}\ndim B : batch\ninterface I {\n'
+                    "  input x: Tensor[B, G] float32\n  output y: Tensor[B, G] float32\n"
+                    "  ensures b: forall l in G: argmax(y) == l implies y[l] > 0.3\n}\nmodule i : I\n")
+    model = mdl_lang.load(path).bind("i", nn.Identity(), mode="record", replay_dir=None)
+    model(torch.tensor([[0.1, 0.2, 0.25]]))  # argmax "pullover", with 0.25: the pullover instance fails
+    [report] = model.reports
+    values = dict(report.witness.values)
+    assert values["l"] == '"pullover"' and values["y[l]"] == "0.25" and values["y[l] > 0.3"] == "False"
