@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -102,13 +103,25 @@ class Session:
         if result.verdict is Verdict.FAIL and mode == "raise":
             raise ContractViolation(result, self.sources)
         if mode == "warn" or (mode == "raise" and result.verdict is Verdict.UNKNOWN):
-            warnings.warn(render_result(result, self.sources), ContractWarning, stacklevel=4)
+            warnings.warn(render_result(result, self.sources), ContractWarning, stacklevel=_callers_level())
         self.sink.append(result)
 
     def faults_inside(self, path: tuple[str, ...]) -> tuple[blame.Fault, ...]:
         """The failures of the parts inside the composition at `path`, in the order they happened."""
         depth = len(path)
         return tuple(fault for fault in self.faults if len(fault.path) > depth and fault.path[:depth] == path)
+
+
+_INTERNAL = (str(Path(__file__).resolve().parents[2]), str(Path(torch.__file__).resolve().parent))
+"""Where mdl and torch live: a warning points past their frames, at the line that called the model."""
+
+
+def _callers_level() -> int:
+    """The `stacklevel` of the first frame outside mdl and torch, for a `warnings.warn` in our caller."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class Outcome(NamedTuple):

@@ -333,3 +333,13 @@ def test_the_witness_of_a_quantified_clause_shows_the_label_that_failed(tmp_path
     [report] = model.reports
     values = dict(report.witness.values)
     assert values["l"] == '"pullover"' and values["y[l]"] == "0.25" and values["y[l] > 0.3"] == "False"
+
+
+def test_a_warning_points_at_the_line_that_called_the_model(tmp_path):
+    path = tmp_path / "warned.mdl"
+    path.write_text("dim B : batch\ninterface I {\n  input x: Tensor[B, 2] float32 in [0, 1]\n"
+                    "  output y: Tensor[B, 2] float32\n}\nmodule m : I\n")
+    model = mdl_lang.load(path).bind("m", nn.Identity(), mode="warn", replay_dir=None)
+    with pytest.warns(UserWarning) as caught:
+        model(torch.full((1, 2), 5.0))
+    assert [Path(w.filename).name for w in caught] == [Path(__file__).name]
