@@ -345,3 +345,22 @@ compose headed : Full = vote(low, high) >> head
     parts = {"low": Const([0.1, 0.7, 0.2]), "high": Const([0.9, 0.1]), "head": nn.Identity()}
     output = spec.bind("headed", parts=parts, replay_dir=None)(torch.zeros(1, 4))
     assert output.argmax(dim=1).tolist() == [1] and output[0, 1] == 0.9  # column 1 is label 1, as in `Digit`
+
+
+def test_a_bound_composition_lists_the_clauses_its_monitor_leaves_out(tmp_path):
+    spec = load_text(tmp_path, PER_CLASS + """
+type P[L] = Tensor[B, L] float32 in [0, 1]
+interface C[L] {
+  input x: Image
+  output y: P[L]
+}
+data held : (Image, Digit) { python "held:data" }
+module m0 : C[{0} | other]
+module m1 : C[{1, 2} | other]
+compose voted : C[Digit] = vote(m0, m1) {
+  ensures accuracy(y) >= 0.9 on held
+}
+""")
+    voted = spec.bind("voted", parts={"m0": Const([0.2, 0.8]), "m1": Const([0.1, 0.7, 0.2])}, replay_dir=None)
+    [skipped] = voted.boundary.skipped
+    assert skipped.clause.kind == "ensures" and "mdl test" in skipped.reason
