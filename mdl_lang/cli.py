@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mdl_lang.compiler import SpecError
 from mdl_lang.diagnostics import Diagnostic, SourceMap, render_all
 from mdl_lang.report import Report, Result, Verdict, render_result
 from mdl_lang.semantics.checker import CheckResult, check_paths, default_root, display_path, expand_paths
@@ -50,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"mdl: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except SpecError as error:
+        # A spec that does not check is a failure of what was checked (LANGUAGE.md section 8: exit 1).
+        print(error.rendered, file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("mdl: interrupted", file=sys.stderr)
         return EXIT_USAGE
@@ -223,12 +228,21 @@ def _run_fmt(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- test
 
 
+def replay_folder(folder: Path | None) -> None:
+    """`--replay-dir` must be a folder, or a place to make one: found out before any work, not after."""
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise UsageError(f"--replay-dir {folder} is a file, not a folder")
+
+
 def _run_test(args: argparse.Namespace) -> int:
     from mdl_lang.bindings import BindingError
     from mdl_lang.compiler import load
     from mdl_lang.testing import ContractTester, TestSettings
 
     files = _existing(args.paths)
+    if args.max_examples < 1:
+        raise UsageError(f"--max-examples must be a positive number of batches, not {args.max_examples}")
+    replay_folder(args.replay_dir)
     checked = check_paths(args.paths, args.root)
     report = Report("test", diagnostics=list(checked.diagnostics))
     if checked.has_errors:
@@ -303,9 +317,21 @@ def _run_blame(args: argparse.Namespace) -> int:
         results = [Result.from_json(entry) for entry in entries]
     except (KeyError, ValueError, TypeError) as error:
         raise UsageError(f"{args.report} has a malformed result: {error}") from error
-    shown = [r for r in results if r.verdict is not Verdict.PASS]
-    print("\n\n".join(render_result(r) for r in shown) if shown else "every result passed")
-    return EXIT_FAILED if any(r.verdict is Verdict.FAIL for r in results) else EXIT_OK
+    diagnostics = document.get("diagnostics", []) if isinstance(document, dict) else []
+    if not isinstance(diagnostics, list) or not all(isinstance(entry, dict) for entry in diagnostics):
+        raise UsageError(f"{args.report} has malformed diagnostics")
+    shown = [_diagnostic_line(entry) for entry in diagnostics]
+    shown += [render_result(r) for r in results if r.verdict is not Verdict.PASS]
+    print("\n\n".join(shown) if shown else "every result passed")
+    errors = any(entry.get("severity") == "error" for entry in diagnostics)
+    return EXIT_FAILED if errors or any(r.verdict is Verdict.FAIL for r in results) else EXIT_OK
+
+
+def _diagnostic_line(entry: dict) -> str:
+    """A saved diagnostic as the compiler shows its headline and place (the source may be gone)."""
+    where = f"{entry.get('file', '?')}:{entry.get('line', '?')}:{entry.get('column', '?')}"
+    text = f"{entry.get('severity', 'error')}[{entry.get('code', '?')}]: {entry.get('message', '')}\n  --> {where}"
+    return text + (f"\n  = help: {entry['help']}" if entry.get("help") else "")
 
 
 # ---------------------------------------------------------------- replay

@@ -45,15 +45,21 @@ def _ignored(path: Path, config: pytest.Config) -> bool:
 class MdlFile(pytest.File):
     """A spec file: checked first, then one item per clause of each component."""
 
+    def root(self) -> Path:
+        """The spec root: pytest's rootdir, as `mdl check DIR` takes the folder, so that a spec may import
+        from a folder above its own (`import "../common.mdl"`); the file's folder outside the rootdir."""
+        rootdir = self.config.rootpath.resolve()
+        return rootdir if self.path.resolve().is_relative_to(rootdir) else self.path.parent
+
     def collect(self):
-        checked = check_paths([self.path])
+        checked = check_paths([self.path], self.root())
         if checked.has_errors:
             yield MdlCheckItem.from_parent(self, name="check", text=render_all(checked.diagnostics, checked.sources))
             return
         from mdl_lang.compiler import load
         from mdl_lang.testing import clause_items
 
-        spec = load(self.path)
+        spec = load(self.path, self.root())
         for component in spec.components():
             for item in clause_items(spec, component):
                 yield MdlItem.from_parent(self, name=_item_name(component, item.name), clause_item=item)
@@ -67,7 +73,7 @@ class MdlFile(pytest.File):
 
             options = self.config.option
             settings = TestSettings(seed=options.mdl_seed, max_examples=options.mdl_max_examples, replay_dir=None)
-            tester = ContractTester(load(self.path), settings)
+            tester = ContractTester(load(self.path, self.root()), settings)
             self._tester = tester
         return tester
 

@@ -194,3 +194,31 @@ def test_witness_values_are_json_numbers_where_they_are_numbers() -> None:
     assert entry["values"] == {"recall(5)": 0.41, "n": 7, "ok": False, "y": "f32[2] cpu", "z": "nan"}
     assert json.loads(json.dumps(entry)) == entry
     assert _witness_from_json(entry).values == witness.values
+
+
+def test_mdl_blame_shows_the_diagnostics_of_a_failed_run(tmp_path, capsys) -> None:
+    report = {"schema": "mdl-report/1", "command": "test", "results": [],
+              "diagnostics": [{"code": "E0002", "severity": "error", "message": "unexpected end", "file": "a.mdl",
+                               "line": 3, "column": 1, "help": "close the interface"}]}
+    (tmp_path / "failed.json").write_text(json.dumps(report))
+    assert main(["blame", str(tmp_path / "failed.json")]) == 1
+    out = capsys.readouterr().out
+    assert "error[E0002]: unexpected end" in out and "a.mdl:3:1" in out and "every result passed" not in out
+
+
+def test_a_spec_that_does_not_check_exits_1_from_every_command(tmp_path, capsys) -> None:
+    broken = tmp_path / "broken.mdl"
+    broken.write_text("interface I {\n  input x: Tensor[B, 2]\n")
+    assert main(["export", str(broken), "--module", "m", "--onnx", str(tmp_path / "m.onnx")]) == 1
+    assert "error[" in capsys.readouterr().err
+
+
+def test_bad_test_flags_are_usage_errors_before_any_work(tmp_path, capsys) -> None:
+    spec = tmp_path / "ok.mdl"
+    spec.write_text("dim B : batch\ninterface I {\n  input x: Tensor[B, 2] float32\n"
+                    "  output y: Tensor[B, 2] float32\n}\n")
+    assert main(["test", str(spec), "--max-examples", "0"]) == 2
+    assert "--max-examples must be a positive" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert main(["test", str(spec), "--replay-dir", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -68,12 +68,14 @@ def run_vnnlib(vnnlib_path: str | Path, onnx_path: str | Path, timeout_s: float 
     started = time.monotonic()
     try:
         model = read_model(onnx_file)
+    except (OnnxImportError, OSError) as error:
+        # A file that is no ONNX model at all is the user's to fix (exit 2); an unsupported graph is unknown.
+        raise UsageError(f"--onnx {onnx_file}: {error}") from error
+    try:
         network = network_from_onnx(model)
     except OnnxImportError as error:
         verdicts = [QueryVerdict(q.name, Verdict.UNKNOWN, str(error), 0.0) for q in prop.queries]
         return _finish(verdicts, vnnlib_file, onnx_file, format, strict, time.monotonic() - started)
-    except OSError as error:
-        raise UsageError(f"cannot read {onnx_file}: {error}") from error
     inputs, outputs = network.input_size, network.size(network.output)
     if (prop.input_size, prop.output_size) != (inputs, outputs):
         raise UsageError(
@@ -291,18 +293,14 @@ def export_onnx(module, input_shape: tuple[int, ...], path: Path) -> None:
 def _load_module(paths: list[Path], name: str, root: Path | None):
     """The first module named `name` in the spec files of `paths`."""
     from mdl_lang import ir
-    from mdl_lang.compiler import SpecError, load
+    from mdl_lang.compiler import load
     from mdl_lang.semantics.checker import default_root, expand_paths
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise UsageError(f"no such file or directory: {', '.join(missing)}")
     for file in expand_paths(paths):
-        try:
-            spec = load(file, root or default_root(paths))
-        except SpecError as error:
-            print(error.rendered, file=sys.stderr)
-            raise UsageError(f"{file} does not check") from error
+        spec = load(file, root or default_root(paths))  # a SpecError: the command reports it and exits 1
         component = spec.component(name)
         if isinstance(component, ir.Module):
             return component

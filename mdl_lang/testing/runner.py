@@ -30,7 +30,7 @@ from mdl_lang.backends.hypothesis import strategies
 from mdl_lang.backends.torch import cost as cost_backend
 from mdl_lang.backends.torch import relational, statistics
 from mdl_lang.backends.torch.boundary import Boundary
-from mdl_lang.backends.torch.monitor import monitor_mode
+from mdl_lang.backends.torch.monitor import RAISED_IN, monitor_mode
 from mdl_lang.backends.torch.predicates import CallContext, UnsupportedClause
 from mdl_lang.backends.torch.refinements import check_call_shape, finite_mask, range_mask, summarize
 from mdl_lang.bindings import BindingError, MissingBinding, instantiate, module_for, parts_for
@@ -103,9 +103,13 @@ def clause_items(spec: CheckedSpec, name: str) -> list[ClauseItem]:
     return items
 
 
+TYPE_ITEM_PREFIX = "type of "
+"""The monitor names a port's shape-and-dtype check `type of PORT`."""
+
+
 def output_type_item(port: ir.Port) -> str:
     """The name of the test of an output port's shape and dtype: the name the monitor reports its failure under."""
-    return f"type of {port.name}"
+    return f"{TYPE_ITEM_PREFIX}{port.name}"
 
 
 class Undecided(Exception):
@@ -119,6 +123,12 @@ class BadData(BindingError):
         super().__init__(f"data set `{data.name}` ({_where(data.span)}): {problem}")
         self.data = data
         self.problem = problem
+
+
+def _output_type_failure(report: Result, item: ClauseItem) -> bool:
+    """A failed output type of the item's own component: its ensures were not evaluated on that call."""
+    return (report.verdict is Verdict.FAIL and report.component == item.component
+            and report.kind == "ensures" and report.clause.startswith(TYPE_ITEM_PREFIX))
 
 
 class _ClauseFailed(Exception):
@@ -226,6 +236,9 @@ class ContractTester:
                 return report.component != item.component
             return report.component == item.component and report.clause == item.name
 
+        # A clause is not evaluated on a call whose output types fail: it must not pass on such calls.
+        untyped: list[Result] = []
+
         def property_(batch: dict[str, torch.Tensor]) -> None:
             monitored.reports.clear()
             try:
@@ -234,6 +247,8 @@ class ContractTester:
                 found.result = self._crash(item, error)
                 found.batch = batch
                 raise _ClauseFailed from error
+            if not item.name.startswith(TYPE_ITEM_PREFIX):
+                untyped.extend(report for report in monitored.reports if _output_type_failure(report, item))
             matches = [report for report in monitored.reports if failing(report)]
             if matches:
                 found.result, found.batch = matches[0], batch
@@ -249,6 +264,8 @@ class ContractTester:
         at_a_corner = found.result is not None
         if not at_a_corner:
             self._hypothesis(property_, strategy, self.settings.max_examples, shrink=False)
+        if found.result is None and untyped:
+            return self._result(item, Verdict.UNKNOWN, f"not evaluated: {untyped[0].message}")
         if found.result is None:
             return self._result(item, Verdict.PASS, f"held on {self.settings.max_examples} generated batches")
         samples = found.result.witness.samples if found.result.witness is not None else ()
@@ -318,10 +335,13 @@ class ContractTester:
         )
 
     def _crash(self, item: ClauseItem, error: Exception) -> Result:
-        party = Blame(item.component, Role.MODULE, (item.component,),
+        """The module raised: blame the innermost monitored part it came out of (the item's own component
+        when it is a module, or when the composition itself raised)."""
+        path = getattr(error, RAISED_IN, None) or (item.component,)
+        party = Blame(path[-1], Role.MODULE, path,
                       f"raised {type(error).__name__} on an input that keeps its requires: {error}")
         return Result(item.component, item.name, item.kind, item.fragment, "pbt", Verdict.FAIL, item.span,
-                      f"`{item.component}` raised {type(error).__name__}", party)
+                      f"`{path[-1]}` raised {type(error).__name__}", party)
 
     # ------------------------------------------------------------ relational
 

@@ -33,7 +33,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def _run_verify(args: argparse.Namespace) -> int:
     from mdl_lang.bindings import BindingError, instantiate, module_for
-    from mdl_lang.cli import EXIT_FAILED, EXIT_OK, UsageError, _existing
+    from mdl_lang.cli import EXIT_FAILED, EXIT_OK, UsageError, _existing, replay_folder
     from mdl_lang.compiler import load
     from mdl_lang.report import Report, Verdict
     from mdl_lang.semantics.checker import check_paths, default_root
@@ -43,6 +43,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     if args.max_points < 1:
         raise UsageError(f"--max-points must be at least 1, got {args.max_points}")
     files = _existing(args.paths)
+    replay_folder(args.replay_dir)
     points = _load_points(args.points, UsageError)
     checked = check_paths(args.paths, args.root)
     report = Report("verify", diagnostics=list(checked.diagnostics))

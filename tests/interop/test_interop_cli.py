@@ -124,7 +124,8 @@ def test_usage_errors_name_the_file(tmp_path: Path) -> None:
         run_vnnlib(wide, network)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
-    assert run_vnnlib(_property(tmp_path / "p.vnnlib", 1.0), junk, strict=True) == 1
+    with pytest.raises(UsageError, match=r"--onnx .*junk.onnx: .* is not an ONNX model"):  # exit 2, not unknown
+        run_vnnlib(_property(tmp_path / "p.vnnlib", 1.0), junk, strict=True)
 
 
 def test_mdl_command_line_has_the_vnnlib_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

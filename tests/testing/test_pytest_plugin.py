@@ -56,3 +56,14 @@ def test_a_spec_with_errors_is_one_failing_item(pytester: pytest.Pytester) -> No
     result = pytester.runpytest("broken.mdl")
     result.assert_outcomes(failed=1)
     result.stdout.re_match_lines([r".*error\[E0002\].*"])
+
+
+def test_a_spec_may_import_from_a_folder_above_its_own(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".mdl", common="dim B : batch\ntype T = Tensor[B, 2] float32\n")
+    (pytester.path / "sub").mkdir()
+    (pytester.path / "sub" / "use.mdl").write_text(
+        'import "../common.mdl" as common\ninterface I {\n  input x: common.T\n  output y: common.T\n}\n'
+    )
+    result = pytester.runpytest("sub/use.mdl", "-p", "no:randomly")
+    assert "E0104" not in result.stdout.str()
+    result.assert_outcomes(failed=0, errors=0)

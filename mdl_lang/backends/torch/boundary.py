@@ -182,6 +182,8 @@ class Boundary:
 
         Adds to the requires' readings; False for a wrong call (shape, dtype, a check that raised).
         """
+        if len(outputs) != len(self._output_names):
+            return False
         out_signature = _signature_of(outputs) if call.signature is not None else None
         key = (call.signature, *out_signature) if out_signature is not None else None
         shapes = self._output_shapes.get(key) if key is not None else None
@@ -223,9 +225,17 @@ class Boundary:
                 repeated[name] = value.unsqueeze(0).expand(batch, *value.shape)
         return repeated
 
-    def violations(self, phase: str, values: dict[str, object], bound: dict[str, int]) -> list[Violation]:
-        """The slow path: every violation of one phase, with samples and values."""
-        for port in self.ports(phase):
+    def violations(
+        self, phase: str, values: dict[str, object], bound: dict[str, int], returned: int | None = None,
+    ) -> list[Violation]:
+        """The slow path: every violation of one phase, with samples and values; `returned` is how many
+        values the module returned, for the ensures (a tuple longer than the outputs is a wrong call too)."""
+        ports = self.ports(phase)
+        if returned is not None and returned != len(ports) and ports:
+            message = f"`{self.name}` returned {returned} values, its interface declares {len(ports)} output(s)"
+            port = ports[min(returned, len(ports) - 1)]  # the first one missing, or the last one for extras
+            return [Violation(f"type of {port.name}", phase, "per-sample", port.span, message, None)]
+        for port in ports:
             problem = check_call_shape(port, values.get(port.name), bound)
             if problem is not None:
                 return [Violation(f"type of {port.name}", phase, "per-sample", port.span, problem.message, None)]

@@ -222,7 +222,8 @@ def run_part(
         requires.report(session())
     try:
         raw = call(*args, **kwargs)
-    except Exception:
+    except Exception as error:
+        _mark_raised_in(error, path)
         if readings is not None and not readings.holds():
             # The module failed on input that broke its requires: that is the report.
             (requires or Requires(boundary, in_values, upstream, path)).report(session())
@@ -238,6 +239,17 @@ def run_part(
             requires.add(boundary.modified_in_place())
         requires.report(session)
     return raw, _ensures(boundary, requires, outputs, session, composite)
+
+
+RAISED_IN = "mdl_raised_in"
+"""The attribute an exception raised by a monitored module carries: the path of the innermost monitored
+component it came out of (a part of a composition), for the blame of a crash."""
+
+
+def _mark_raised_in(error: Exception, path: tuple[str, ...]) -> None:
+    if not hasattr(error, RAISED_IN):
+        with contextlib.suppress(AttributeError):  # an exception type that takes no attributes
+            setattr(error, RAISED_IN, path)
 
 
 def _changed_in_place(boundary: Boundary, in_values: dict[str, object], readings: Readings) -> bool:
@@ -262,7 +274,7 @@ def _ensures(boundary: Boundary, requires: Requires, outputs: tuple, session: Se
     bad_input = requires.faults()
     parts = session.faults_inside(path) if composite else None
     faults = []
-    for violation in boundary.violations("ensures", values, bound):
+    for violation in boundary.violations("ensures", values, bound, returned=len(outputs)):
         for share in blame.ensures_failure(boundary.name, violation.name, path, violation.samples, bad_input, parts):
             narrowed = boundary.narrowed(violation, share.samples, values, bound)
             result = _result(boundary, narrowed, share.blame, requires.values, bound, session, path)
