@@ -108,6 +108,9 @@ def run_demo(args: argparse.Namespace) -> int:
         raise UsageError(f"--fault-class must be a digit 0..9, got {args.fault_class}")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
+    if args.kmnist is not None and not args.kmnist.is_dir():
+        # Named on purpose, a missing folder is the user's mistake; only the default may be absent.
+        raise UsageError(f"--kmnist {args.kmnist} is not a folder")
     out = args.out or Path(tempfile.mkdtemp(prefix="mdl-demo-"))
     out.mkdir(parents=True, exist_ok=True)
     kmnist = args.kmnist or Path(os.environ.get(KMNIST_VARIABLE) or DEFAULT_KMNIST)

@@ -109,3 +109,8 @@ def test_kmnist_composes_to_the_papers_figures(tmp_path: Path):
 def test_bad_options_are_usage_errors(arguments: list[str], capsys):
     assert main(["demo", *arguments]) == 2
     assert "mdl: error:" in capsys.readouterr().err
+
+
+def test_a_kmnist_folder_named_on_purpose_must_exist(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "out"), "--kmnist", str(tmp_path / "nowhere")]) == 2
+    assert "--kmnist" in capsys.readouterr().err
