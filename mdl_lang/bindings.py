@@ -7,11 +7,14 @@ directory; the factory takes no arguments. Import failures become
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 from mdl_lang import ir
 
@@ -40,15 +43,45 @@ def resolve(target: str, spec_file: str | Path) -> Callable[[], object]:
     module_name, colon, attribute = target.partition(":")
     if not colon or not module_name or not attribute:
         raise BindingError(f'binding "{target}" must read "package.module:factory"')
-    with _import_path(Path(spec_file).parent):
+    spec_dir = Path(spec_file).parent
+    with _import_path(spec_dir):
         try:
-            module = importlib.import_module(module_name)
+            module = _import_beside(module_name, spec_dir)
         except Exception as error:
             raise BindingError(f'cannot import `{module_name}` for binding "{target}": {error}') from error
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise BindingError(f'`{module_name}` has no callable `{attribute}` (binding "{target}")')
     return factory
+
+
+def _import_beside(module_name: str, spec_dir: Path) -> ModuleType:
+    """The module `module_name` as the spec's folder holds it.
+
+    Python keeps one module per name: two decompositions that both wrote `digits_modules.py` in
+    different folders would otherwise share the first one imported, and bind its modules for both.
+    A file of that name beside the spec that is not the one already imported is imported under a
+    name of its own (the file's path hashed into it).
+    """
+    local = spec_dir.resolve().joinpath(*module_name.split(".")).with_suffix(".py")
+    loaded = sys.modules.get(module_name)
+    loaded_file = getattr(loaded, "__file__", None)
+    if loaded is None or not local.is_file() or (loaded_file and Path(loaded_file).resolve() == local):
+        return importlib.import_module(module_name)
+    own_name = f"{module_name}__{hashlib.sha1(str(local).encode()).hexdigest()[:10]}"
+    if own_name in sys.modules:
+        return sys.modules[own_name]
+    found = importlib.util.spec_from_file_location(own_name, local)
+    if found is None or found.loader is None:
+        raise ImportError(f"cannot import {local}")
+    module = importlib.util.module_from_spec(found)
+    sys.modules[own_name] = module
+    try:
+        found.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[own_name]
+        raise
+    return module
 
 
 def instantiate(target: str, spec_file: str | Path) -> object:
