@@ -134,7 +134,7 @@ def _flatten(layer: KerasLayer, path: Path) -> nn.Flatten:
 
 def _dense(file: h5py.File, layer: KerasLayer, path: Path) -> list[nn.Module]:
     activation = layer.config.get("activation", "linear")
-    if activation not in ACTIVATIONS:
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise _import_error(path, f"layer `{layer.name}` (Dense) has activation {activation!r}")
     units = layer.config.get("units")
     kernel = _weight(file, layer, "kernel", path)

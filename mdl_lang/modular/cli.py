@@ -23,6 +23,7 @@ import argparse
 import re
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,6 +74,8 @@ def _run_decompose(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(f"mdl decompose: {message}", file=sys.stderr)
 
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a folder")
     inputs, labels = _load_data(args.data, UsageError)
     model = _load_model(args, inputs, UsageError)
     label_names = args.label_names.split(",") if args.label_names else None
@@ -119,7 +122,7 @@ def _load_data(path: Path, usage: type[Exception]) -> tuple[torch.Tensor, torch.
         try:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {key: torch.from_numpy(archive[key]) for key in archive.files}
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
             raise usage(f"--data {path}: not a readable .npz ({error})") from error
     elif path.suffix == ".pt":
         try:
@@ -147,10 +150,23 @@ def _load_model(args: argparse.Namespace, inputs: torch.Tensor, usage: type[Exce
         except (KerasImportError, FileNotFoundError) as error:
             raise usage(str(error)) from error
     if path.suffix == ".pt":
-        return _state_dict_model(path, inputs, args.softmax, usage)
+        return _runs_on(_state_dict_model(path, inputs, args.softmax, usage), inputs, source, usage)
     if ":" in source:
-        return _factory_model(source, args.weights, usage)
+        return _runs_on(_factory_model(source, args.weights, usage), inputs, source, usage)
     raise usage(f"MODEL {source}: expected a .h5 file, a .pt state dict, or pkg.mod:factory")
+
+
+def _runs_on(model: nn.Module, inputs: torch.Tensor, source: str, usage: type[Exception]) -> nn.Module:
+    """The model, once it has run on one sample of the data: layers that do not chain, or data of the wrong
+    shape, are told here as the user's to fix, before any decomposing."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            model.eval()(inputs[:1])
+    except Exception as error:
+        raise usage(f"MODEL {source} does not run on --data: {type(error).__name__}: {error}") from error
+    return model
 
 
 def _state_dict_model(path: Path, inputs: torch.Tensor, softmax: bool, usage: type[Exception]) -> nn.Sequential:
@@ -193,6 +209,8 @@ def _factory_model(source: str, weights: Path | None, usage: type[Exception]) ->
         model = instantiate(source, Path.cwd() / "MODEL")
     except BindingError as error:
         raise usage(f"MODEL {source}: {error}") from error
+    if not isinstance(model, torch.nn.Module):
+        raise usage(f"MODEL {source}: the factory returned {type(model).__name__}, not an nn.Module")
     if weights is not None:
         if not weights.is_file():
             raise usage(f"--weights {weights}: no such file")

@@ -376,10 +376,20 @@ def test_cli_takes_a_factory_and_weights(saved, capsys, monkeypatch):
         (["blobs.pt", "--data", "blobs.pt", "--out", "o"], "needs arrays `inputs` and `labels`"),
         (["blobs.pt", "--data", "blobs.npz", "--out", "o", "--classes", "9"], "classes must be distinct"),
         (["blobs.pt", "--data", "blobs.npz", "--out", "o", "--label-names", "a,b"], "2 label names"),
+        (["blobs.pt", "--data", "corrupt.npz", "--out", "o"], "--data corrupt.npz: not a readable .npz"),
+        (["blobs.pt", "--data", "blobs.npz", "--out", "afile"], "--out afile exists and is not a folder"),
+        (["blobs_factory_bad:model", "--data", "blobs.npz", "--out", "o"], "returned tuple, not an nn.Module"),
+        (["misfit.pt", "--softmax", "--data", "blobs.npz", "--out", "o"], "MODEL misfit.pt does not run on --data"),
     ],
 )
 def test_cli_usage_errors_exit_2_with_one_line(saved, capsys, monkeypatch, arguments, message):
     monkeypatch.chdir(saved)
+    monkeypatch.syspath_prepend(str(saved))
+    (saved / "corrupt.npz").write_bytes(b"not a zip")
+    (saved / "afile").write_text("")
+    (saved / "blobs_factory_bad.py").write_text("def model():\n    return (1, 2)\n")
+    torch.save({"0.weight": torch.zeros(20, 12), "0.bias": torch.zeros(20),
+                "2.weight": torch.zeros(5, 30), "2.bias": torch.zeros(5)}, saved / "misfit.pt")
     assert main(["decompose", *arguments]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
