@@ -83,7 +83,20 @@ def write_decomposition(
     (out_dir / "sizes.txt").write_text(format_table(rows) + "\n")
     spec_path = out_dir / f"{spec_name}.mdl"
     spec_path.write_text(spec)
+    _check_written(spec_path)
     return spec_path
+
+
+def _check_written(spec_path: Path) -> None:
+    """The spec written must check: options such as `--label-names a,a` or an `--input-type` naming an
+    undeclared dim would otherwise leave a spec that `mdl check` rejects, after an exit 0."""
+    from mdl_lang.diagnostics import render_all
+    from mdl_lang.semantics.checker import check_paths
+
+    checked = check_paths([spec_path], prove=False)
+    if checked.has_errors:
+        raise ArtifactError(f"the spec written to {spec_path} does not check:\n"
+                            f"{render_all(checked.diagnostics, checked.sources)}")
 
 
 def module_sizes(decomposition: Decomposition) -> list[ModuleStats]:
@@ -141,7 +154,10 @@ def load_module(path: Path) -> nn.Sequential:
     if not isinstance(entry, dict):
         raise ArtifactError(f"{manifest_path} lists no module `{path.name}`")
     module = nn.Sequential(*[_layer(layer, manifest_path) for layer in entry.get("layers", [])])
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ArtifactError(f"{path}: not a module file written by mdl decompose ({type(error).__name__})") from error
     try:
         module.load_state_dict(state)
     except RuntimeError as error:

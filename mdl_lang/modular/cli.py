@@ -185,7 +185,7 @@ def _state_dict_model(path: Path, inputs: torch.Tensor, softmax: bool, usage: ty
     if not weights or not all(isinstance(value, torch.Tensor) and value.ndim == 2 for value in weights.values()):
         raise usage(f"MODEL {path}: expected the state dict of an nn.Sequential of Linear layers")
     layers: list[nn.Module] = [nn.Flatten(start_dim=1)] if inputs.ndim > 2 else []
-    keys = sorted(weights, key=lambda key: [int(part) if part.isdigit() else part for part in key.split(".")])
+    keys = list(weights)  # the order the state dict was saved in, as `state_dict()` lists the layers
     for position, key in enumerate(keys):
         weight = weights[key]
         bias = state.get(key.removesuffix("weight") + "bias")

@@ -254,6 +254,14 @@ def test_loading_without_its_manifest_says_which_file(digits_like, tmp_path):
         load_module(tmp_path / "m0.pt")
 
 
+def test_a_corrupt_module_file_is_named(digits_like, tmp_path):
+    model, inputs, labels = digits_like
+    write_decomposition(decompose(model, inputs, labels, classes=[0]), tmp_path, spec_name="one")
+    (tmp_path / "m0.pt").write_bytes(b"\x80\x02junk")
+    with pytest.raises(ArtifactError, match=r"m0\.pt: not a module file written by mdl decompose"):
+        load_module(tmp_path / "m0.pt")
+
+
 def test_the_generated_spec_checks_clean_and_its_vote_runs_as_the_modules(digits_like, tmp_path, capsys):
     model, inputs, labels = digits_like
     decomposition = decompose(model, inputs, labels)
@@ -380,6 +388,8 @@ def test_cli_takes_a_factory_and_weights(saved, capsys, monkeypatch):
         (["blobs.pt", "--data", "blobs.npz", "--out", "afile"], "--out afile exists and is not a folder"),
         (["blobs_factory_bad:model", "--data", "blobs.npz", "--out", "o"], "returned tuple, not an nn.Module"),
         (["misfit.pt", "--softmax", "--data", "blobs.npz", "--out", "o"], "MODEL misfit.pt does not run on --data"),
+        (["blobs.pt", "--softmax", "--data", "blobs.npz", "--out", "o", "--label-names", "a,a,b,c,d"],
+         "does not check"),
     ],
 )
 def test_cli_usage_errors_exit_2_with_one_line(saved, capsys, monkeypatch, arguments, message):
