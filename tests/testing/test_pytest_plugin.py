@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# Imported here, before any in-process run: pytester drops the modules a run imported when it ends, and
+# torch's C extension cannot be imported a second time in one process (it fails, then segfaults at exit).
+import mdl_lang.testing  # noqa: F401
+
 pytest_plugins = ["pytester"]
 HERE = Path(__file__).parent
 
