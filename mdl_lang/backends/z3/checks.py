@@ -40,6 +40,7 @@ from mdl_lang.backends.z3.solve import (
 )
 from mdl_lang.diagnostics import Diagnostic, Note, SourceMap
 from mdl_lang.report import Blame, Result, Role, Verdict
+from mdl_lang.semantics.shapes import rename_apart
 from mdl_lang.span import Span
 
 OUTSIDE = "statistical and relational clauses are outside the Z3 spec check"
@@ -777,7 +778,7 @@ class _CompositionDims:
                     return None
                 self.uses += 1
                 prefix = f"{name}#{self.uses}:"
-                inputs, outputs = ([tuple(_renamed_dim(dim, prefix) for dim in port.type.dims) for port in ports]
+                inputs, outputs = ([tuple(rename_apart(dim, prefix) for dim in port.type.dims) for port in ports]
                                    for ports in (component.interface.inputs, component.interface.outputs))
                 return inputs, outputs
             case ir.Pipeline(stages=stages):
@@ -809,16 +810,6 @@ class _CompositionDims:
         for a, b in _aligned(left, right):
             if _sized(a) and _sized(b) and not (isinstance(a, ir.DimLabels) and isinstance(b, ir.DimLabels)):
                 self.equations.append(DimEquation(a, b, span, origin))
-
-
-def _renamed_dim(dim: ir.Dim, prefix: str) -> ir.Dim:
-    """A part's free dim for one use of it, as the front end renames it (`S` -> `sq#2:S`)."""
-    match dim:
-        case ir.DimVar(batch=False):
-            return ir.DimVar(f"{prefix}{dim.name}")
-        case ir.DimBinary():
-            return ir.DimBinary(dim.op, _renamed_dim(dim.left, prefix), _renamed_dim(dim.right, prefix))
-    return dim
 
 
 def _aligned(left: tuple[ir.Dim, ...], right: tuple[ir.Dim, ...]) -> list[tuple[ir.Dim, ir.Dim]]:
