@@ -99,12 +99,25 @@ def module_for(component: ir.Module, spec_file: str | Path) -> object:
 
     if component.binding is None:
         raise MissingBinding(f'module `{component.name}` has no `python "..."` binding')
-    made = instantiate(component.binding, spec_file)
+    made = made_by(component, spec_file)
     if not isinstance(made, nn.Module):
         raise BindingError(
-            f'binding "{component.binding}" of `{component.name}` returned {type(made).__name__}, not an nn.Module'
+            f'{_place(component)}: binding "{component.binding}" of `{component.name}` returned '
+            f"{type(made).__name__}, not an nn.Module"
         )
     return made
+
+
+def made_by(declared: ir.Module | ir.Data, spec_file: str | Path) -> object:
+    """What the binding of a module or data declaration makes; a failure names the declaration's place."""
+    try:
+        return instantiate(declared.binding or "", spec_file)
+    except BindingError as error:
+        raise BindingError(f"{_place(declared)}: {error}") from error
+
+
+def _place(declared: ir.Module | ir.Data) -> str:
+    return f"{declared.span.file}:{declared.span.line}:{declared.span.column}"
 
 
 def parts_for(spec: ir.Spec, composition: ir.Composition) -> dict[str, object]:

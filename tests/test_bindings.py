@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import mdl_lang
-from mdl_lang.bindings import module_for
+from mdl_lang.bindings import BindingError, module_for
 
 SPEC = (
     "dim B : batch\ninterface I {\n  input x: Tensor[B, 2] float32\n  output y: Tensor[B, 2] float32\n}\n"
@@ -29,3 +31,11 @@ def test_two_folders_with_a_factory_module_of_the_same_name_bind_their_own(tmp_p
         component = spec.component("m")
         made.append(module_for(component, component.file).out_features)
     assert made == [2, 3, 2]  # Python keeps one module per name: the second folder's file must not be ignored
+
+
+def test_a_binding_that_fails_names_the_declaration_s_place(tmp_path) -> None:
+    path = tmp_path / "spec.mdl"
+    path.write_text(SPEC.replace("same_name_models:make", "no_such_module:make"))
+    component = mdl_lang.load(path).component("m")
+    with pytest.raises(BindingError, match=r"spec\.mdl:6:1: cannot import `no_such_module`"):
+        module_for(component, component.file)

@@ -33,7 +33,7 @@ from mdl_lang.backends.torch.boundary import Boundary
 from mdl_lang.backends.torch.monitor import RAISED_IN, monitor_mode
 from mdl_lang.backends.torch.predicates import CallContext, UnsupportedClause
 from mdl_lang.backends.torch.refinements import check_call_shape, finite_mask, range_mask, summarize
-from mdl_lang.bindings import BindingError, MissingBinding, instantiate, module_for, parts_for
+from mdl_lang.bindings import BindingError, MissingBinding, made_by, module_for, parts_for
 from mdl_lang.compiler import CheckedSpec
 from mdl_lang.diagnostics import Diagnostic, Note
 from mdl_lang.report import Blame, Result, Role, Verdict, Witness
@@ -464,7 +464,7 @@ class ContractTester:
         declared = self._declared_data(clause)
         if declared.binding is None:
             raise MissingBinding(f"data set `{declared.name}` has no `python \"...\"` binding to load it from")
-        loaded = instantiate(declared.binding, declared.file)
+        loaded = made_by(declared, declared.file)
         if isinstance(loaded, tuple) and len(loaded) == 2:
             inputs, labels = loaded
         elif isinstance(loaded, torch.utils.data.Dataset):

@@ -32,7 +32,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from mdl_lang.bindings import BindingError, instantiate, module_for
+    from mdl_lang.bindings import BindingError, made_by, module_for
     from mdl_lang.cli import EXIT_FAILED, EXIT_OK, UsageError, _existing, replay_folder
     from mdl_lang.compiler import load
     from mdl_lang.report import Report, Verdict
@@ -73,7 +73,7 @@ def _run_verify(args: argparse.Namespace) -> int:
                 raise UsageError(str(error)) from error
 
             def data_points(clause: ir.Clause, spec=spec) -> torch.Tensor | None:
-                return _data_points(spec, clause, instantiate, UsageError)
+                return _data_points(spec, clause, made_by, UsageError)
 
             settings = VerifySettings(
                 timeout_s=args.timeout, points=points, data_points=data_points, max_points=args.max_points,
@@ -111,7 +111,7 @@ def _load_points(path: Path | None, usage_error: type[Exception]):
     return loaded
 
 
-def _data_points(spec, clause, instantiate, usage_error: type[Exception]):
+def _data_points(spec, clause, made_by, usage_error: type[Exception]):
     """Robustness centres from the clause's `on DATA` set, else the spec's only data set with a binding;
     inputs that do not keep the data declaration's input type are a usage error naming the declaration."""
     import torch
@@ -127,7 +127,7 @@ def _data_points(spec, clause, instantiate, usage_error: type[Exception]):
     if len(candidates) != 1 or candidates[0].binding is None:
         return None
     data = candidates[0]
-    loaded = instantiate(data.binding, data.file)
+    loaded = made_by(data, data.file)
     if isinstance(loaded, tuple) and len(loaded) == 2:
         inputs = torch.as_tensor(loaded[0])
     elif isinstance(loaded, torch.utils.data.Dataset):
