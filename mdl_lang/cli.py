@@ -33,6 +33,16 @@ class UsageError(Exception):
     """A bad flag or a missing file: exit 2 with a one-line message."""
 
 
+def _json_error(args: argparse.Namespace, message: str) -> None:
+    """With `--format json`, a usage or environment error is still one mdl-report/1 object on stdout
+    (its `error` field says what went wrong), so that a program reading it never gets nothing."""
+    if getattr(args, "format", None) != "json":
+        return
+    document = Report(args.command).to_json()
+    document["error"] = message
+    print(json.dumps(document, indent=2))
+
+
 def _silence_stdout() -> None:
     """Point stdout at the null device, so that flushing it at exit does not raise the broken pipe again."""
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -50,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except UsageError as error:
         print(f"mdl: error: {error}", file=sys.stderr)
+        _json_error(args, str(error))
         return EXIT_USAGE
     except SpecError as error:
         # A spec that does not check is a failure of what was checked (LANGUAGE.md section 8: exit 1).

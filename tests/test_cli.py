@@ -222,3 +222,11 @@ def test_bad_test_flags_are_usage_errors_before_any_work(tmp_path, capsys) -> No
     (tmp_path / "afile").write_text("")
     assert main(["test", str(spec), "--replay-dir", str(tmp_path / "afile")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_json_output_is_one_object_even_for_a_usage_error(tmp_path, capsys) -> None:
+    assert main(["check", str(tmp_path / "missing.mdl"), "--format", "json"]) == 2
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert document["schema"] == "mdl-report/1" and document["command"] == "check"
+    assert "missing.mdl" in document["error"] and "missing.mdl" in captured.err
