@@ -114,8 +114,14 @@ class MdlItem(pytest.Item):
             pytest.skip(result.message)
 
     def repr_failure(self, excinfo, style=None) -> str:
+        from mdl_lang.bindings import BindingError
+
         if isinstance(excinfo.value, MdlContractFailure):
             return excinfo.value.text
+        if isinstance(excinfo.value, BindingError):
+            # The binding's own message names the declaration and the cause; the traceback through
+            # mdl's import machinery would bury it.
+            return f"mdl: {excinfo.value}"
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):

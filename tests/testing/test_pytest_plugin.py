@@ -71,3 +71,13 @@ def test_a_spec_may_import_from_a_folder_above_its_own(pytester: pytest.Pytester
     result = pytester.runpytest("sub/use.mdl", "-p", "no:randomly")
     assert "E0104" not in result.stdout.str()
     result.assert_outcomes(failed=0, errors=0)
+
+
+def test_a_binding_that_fails_is_one_line_not_a_traceback(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".mdl", broken=(
+        "dim B : batch\ninterface I {\n  input x: Tensor[B, 2] float32\n  output y: Tensor[B, 2] float32\n}\n"
+        'module m : I { python "no_such_module:make" }\n'
+    ))
+    result = pytester.runpytest("broken.mdl", "-p", "no:randomly")
+    result.stdout.fnmatch_lines(["*broken.mdl:6:1: cannot import `no_such_module`*"])
+    assert "Traceback" not in result.stdout.str() and "importlib" not in result.stdout.str()
