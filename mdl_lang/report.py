@@ -102,14 +102,14 @@ class Result:
 
     @classmethod
     def from_json(cls, entry: dict) -> Result:
-        """The inverse of `to_json`, for `mdl blame REPORT.json`; a result without module, clause or verdict is
-        malformed (KeyError), not shown as an undecided one."""
+        """The inverse of `to_json`, for `mdl blame REPORT.json`. A result without a verdict, or naming neither
+        a module nor a file (`mdl check` gives one result per file), is malformed (KeyError), not undecided."""
         blame = entry.get("blame")
         witness = entry.get("witness")
         line, column = int(entry.get("line", 1)), int(entry.get("column", 1))
         return cls(
-            component=str(entry["module"]),
-            clause=str(entry["clause"]),
+            component=str(entry["module"] if "module" in entry else entry["file"]),
+            clause=str(entry.get("clause", "")),
             kind=str(entry.get("kind", "")),
             fragment=str(entry.get("fragment", "")),
             backend=str(entry.get("backend", "")),

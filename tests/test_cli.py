@@ -230,3 +230,12 @@ def test_json_output_is_one_object_even_for_a_usage_error(tmp_path, capsys) -> N
     document = json.loads(captured.out)
     assert document["schema"] == "mdl-report/1" and document["command"] == "check"
     assert "missing.mdl" in document["error"] and "missing.mdl" in captured.err
+
+
+def test_mdl_blame_reads_what_mdl_check_writes(tmp_path, capsys) -> None:
+    broken = tmp_path / "broken.mdl"
+    broken.write_text("labels L = {1..0}\n")
+    assert main(["check", str(broken), "--format", "json"]) == 1
+    (tmp_path / "check.json").write_text(capsys.readouterr().out)
+    assert main(["blame", str(tmp_path / "check.json")]) == 1
+    assert "error[" in capsys.readouterr().out
