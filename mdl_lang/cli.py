@@ -332,7 +332,8 @@ def _run_blame(args: argparse.Namespace) -> int:
     if not isinstance(diagnostics, list) or not all(isinstance(entry, dict) for entry in diagnostics):
         raise UsageError(f"{args.report} has malformed diagnostics")
     shown = [_diagnostic_line(entry) for entry in diagnostics]
-    shown += [render_result(r) for r in results if r.verdict is not Verdict.PASS]
+    # A file's own result (`mdl check`) is its diagnostics, shown above; it counts for the exit code only.
+    shown += [render_result(r) for r in results if r.verdict is not Verdict.PASS and r.clause]
     print("\n\n".join(shown) if shown else "every result passed")
     errors = any(entry.get("severity") == "error" for entry in diagnostics)
     return EXIT_FAILED if errors or any(r.verdict is Verdict.FAIL for r in results) else EXIT_OK
