@@ -329,6 +329,7 @@ class _Builder:
             self.reporter.error(
                 "E0509", f"`{node.new.dotted}` implements {new.interface.name}, but `{node.old.dotted}` "
                 f"implements {old.interface.name}", node.new.span,
+                notes=tuple(Note(text) for text in _port_differences(old.interface, new.interface)),
                 help="a replacement must implement the interface of the part it replaces",
             )
             return None
@@ -434,6 +435,17 @@ def _shown(tensor: ir.TensorType) -> str:
 
 def _stages(node: ir.CompNode) -> tuple[ir.CompNode, ...]:
     return node.stages if isinstance(node, ir.Pipeline) else (node,)
+
+
+def _port_differences(old: ir.Interface, new: ir.Interface) -> list[str]:
+    """Where two interfaces differ, port by port: what E0509 shows when their names read the same."""
+    if len(old.ports) != len(new.ports):
+        return [f"{len(new.ports)} ports against {len(old.ports)}"]
+    return [
+        f"port `{b.name}`: {b.direction} {_shown(b.type)} against {a.direction} `{a.name}` {_shown(a.type)}"
+        for a, b in zip(old.ports, new.ports, strict=True)
+        if a.name != b.name or a.direction != b.direction or a.type.describe() != b.type.describe()
+    ]
 
 
 def _same_interface(old: ir.Interface, new: ir.Interface) -> bool:
