@@ -42,6 +42,9 @@ class Declarations:
         return env.scope.lookup(ast.QualifiedName(tuple(name.split(".")), span))
 
     def undefined(self, name: str, span: Span, scope: FileScope, wanted: str, kinds: tuple[str, ...]) -> None:
+        alias = name.partition(".")[0]
+        if "." in name and alias in scope.imports and scope.imports[alias] is None:
+            return  # its import failed, and said so: each use of the alias would only repeat that error
         help_text = did_you_mean(name, _names_of_kind(name, scope, kinds)) or (
             f"declare it in this file, or import the file that does and write `alias.{name}`"
             if "." not in name else "check the alias and that the imported file declares this name"

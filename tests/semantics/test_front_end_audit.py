@@ -240,3 +240,13 @@ def test_a_line_ended_by_a_lone_carriage_return_is_shown_with_spaces(result_of) 
     (diagnostic,) = result.diagnostics
     assert result.sources.line(diagnostic.span.file, 1) == "labels A = {1} labels B = {2} @"
     assert diagnostic.span.column == 31
+
+
+def test_a_failed_import_is_one_error_not_one_per_use_of_its_alias(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec").mkdir()
+    (tmp_path / "spec" / "use.mdl").write_text(
+        'import "missing.mdl" as lib\nmodule a : lib.I\nmodule b : lib.I\ncompose c : lib.I = a >> b\n'
+    )
+    checked = check_paths([Path("spec/use.mdl")])
+    assert "E0101" not in codes(checked.diagnostics) and checked.has_errors
