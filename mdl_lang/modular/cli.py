@@ -97,10 +97,27 @@ def _run_decompose(args: argparse.Namespace) -> int:
         )
     except (DecomposeError, ArtifactError) as error:
         raise UsageError(f"{args.model}: {error}") from error
+    _input_type_fits(spec_path, inputs, UsageError)
     progress(f"decomposed in {time.perf_counter() - started:.1f} s")
     print(format_table(module_sizes(decomposition)))
     print(f"wrote {spec_path} and its {len(decomposition.modules)} modules")
     return EXIT_OK
+
+
+def _input_type_fits(spec_path: Path, inputs: torch.Tensor, usage: type[Exception]) -> None:
+    """The modules' input type, as the written spec declares it, must take the data decomposed: an
+    `--input-type` of another shape or dtype would leave a spec whose every test fails."""
+    from mdl_lang import ir
+    from mdl_lang.backends.torch.refinements import check_call_shape
+    from mdl_lang.compiler import load
+
+    spec = load(spec_path)
+    module = next(component for component in spec.components().values() if isinstance(component, ir.Module))
+    for port in module.interface.inputs:
+        problem = check_call_shape(port, inputs[:2], {})
+        if problem is not None:
+            raise usage(f"--input-type does not fit the data in --data ({problem.message}); "
+                        f"{spec_path} declares it")
 
 
 def _spec_name(model: str) -> str:

@@ -390,6 +390,8 @@ def test_cli_takes_a_factory_and_weights(saved, capsys, monkeypatch):
         (["misfit.pt", "--softmax", "--data", "blobs.npz", "--out", "o"], "MODEL misfit.pt does not run on --data"),
         (["blobs.pt", "--softmax", "--data", "blobs.npz", "--out", "o", "--label-names", "a,a,b,c,d"],
          "does not check"),
+        (["blobs.pt", "--softmax", "--data", "blobs.npz", "--out", "o", "--input-type", "Tensor[B, 3] float32"],
+         "--input-type does not fit the data"),
     ],
 )
 def test_cli_usage_errors_exit_2_with_one_line(saved, capsys, monkeypatch, arguments, message):
