@@ -29,7 +29,7 @@ from mdl_lang import blame, ir
 from mdl_lang.backends.hypothesis import strategies
 from mdl_lang.backends.torch import cost as cost_backend
 from mdl_lang.backends.torch import relational, statistics
-from mdl_lang.backends.torch.boundary import Boundary
+from mdl_lang.backends.torch.boundary import TYPE_CHECK, Boundary, type_check_name
 from mdl_lang.backends.torch.monitor import RAISED_IN, monitor_mode
 from mdl_lang.backends.torch.predicates import CallContext, UnsupportedClause
 from mdl_lang.backends.torch.refinements import check_call_shape, finite_mask, range_mask, summarize
@@ -84,7 +84,7 @@ def clause_items(spec: CheckedSpec, name: str) -> list[ClauseItem]:
         for check in boundary.requires if check.clause is not None
     ]
     items += [
-        ClauseItem(name, output_type_item(port), "ensures", "per-sample", "pbt", port.span)
+        ClauseItem(name, type_check_name(port), "ensures", "per-sample", "pbt", port.span)
         for port in component.interface.outputs
     ]
     items += [
@@ -103,15 +103,6 @@ def clause_items(spec: CheckedSpec, name: str) -> list[ClauseItem]:
     return items
 
 
-TYPE_ITEM_PREFIX = "type of "
-"""The monitor names a port's shape-and-dtype check `type of PORT`."""
-
-
-def output_type_item(port: ir.Port) -> str:
-    """The name of the test of an output port's shape and dtype: the name the monitor reports its failure under."""
-    return f"{TYPE_ITEM_PREFIX}{port.name}"
-
-
 class Undecided(Exception):
     """The test could not reach a verdict; the message says why."""
 
@@ -128,7 +119,7 @@ class BadData(BindingError):
 def _output_type_failure(report: Result, item: ClauseItem) -> bool:
     """A failed output type of the item's own component: its ensures were not evaluated on that call."""
     return (report.verdict is Verdict.FAIL and report.component == item.component
-            and report.kind == "ensures" and report.clause.startswith(TYPE_ITEM_PREFIX))
+            and report.kind == "ensures" and report.clause.startswith(TYPE_CHECK))
 
 
 class _ClauseFailed(Exception):
@@ -247,7 +238,7 @@ class ContractTester:
                 found.result = self._crash(item, error)
                 found.batch = batch
                 raise _ClauseFailed from error
-            if not item.name.startswith(TYPE_ITEM_PREFIX):
+            if not item.name.startswith(TYPE_CHECK):
                 untyped.extend(report for report in monitored.reports if _output_type_failure(report, item))
             matches = [report for report in monitored.reports if failing(report)]
             if matches:

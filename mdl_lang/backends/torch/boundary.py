@@ -234,11 +234,11 @@ class Boundary:
         if returned is not None and returned != len(ports) and ports:
             message = f"`{self.name}` returned {returned} values, its interface declares {len(ports)} output(s)"
             port = ports[min(returned, len(ports) - 1)]  # the first one missing, or the last one for extras
-            return [Violation(f"type of {port.name}", phase, "per-sample", port.span, message, None)]
+            return [_type_violation(port, phase, message)]
         for port in ports:
             problem = check_call_shape(port, values.get(port.name), bound)
             if problem is not None:
-                return [Violation(f"type of {port.name}", phase, "per-sample", port.span, problem.message, None)]
+                return [_type_violation(port, phase, problem.message)]
         checks = self.requires if phase == "requires" else self.ensures
         return self._violations(checks, None, self.context(values, bound))
 
@@ -343,6 +343,19 @@ def _shown_instances(instances: tuple[Instance, ...], trace: dict) -> tuple[dict
 def _holds_in(trace: dict, instance: Instance) -> bool:
     value = trace.get(instance.last, True)
     return bool(value.all()) if isinstance(value, torch.Tensor) else bool(value)
+
+
+TYPE_CHECK = "type of "
+"""How a port's shape-and-dtype check is named in reports: `type of PORT`."""
+
+
+def type_check_name(port: ir.Port) -> str:
+    return f"{TYPE_CHECK}{port.name}"
+
+
+def _type_violation(port: ir.Port, phase: str, message: str) -> Violation:
+    """A wrong shape, dtype or number of values: a fault of the whole call, so no samples."""
+    return Violation(type_check_name(port), phase, "per-sample", port.span, message, None)
 
 
 def _report_order(check: Check) -> int:

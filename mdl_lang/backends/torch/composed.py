@@ -160,7 +160,7 @@ class ComposedModel(Switchable, nn.Module):
         return boundary
 
     def forward(self, *args, **kwargs):
-        boundary = self._boundaries.get(self.contract_name) or self.boundary
+        boundary = self.boundary
         values = port_values(boundary.inputs, args, kwargs)
         inputs = tuple(values[port.name] for port in boundary.inputs if port.name in values)
         if not self._should_check():
