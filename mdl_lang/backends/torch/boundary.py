@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 
 from mdl_lang import ir
+from mdl_lang.backends.torch import identities
 from mdl_lang.backends.torch.constants import Constant
 from mdl_lang.backends.torch.predicates import CallContext, Instance, PredicateCompiler, UnsupportedClause
 from mdl_lang.backends.torch.readings import RangeReader, Reader, Readings, read_finite
@@ -107,8 +108,9 @@ class Boundary:
         self.skipped: list[Skipped] = []
         self.requires = self._refinement_checks(self.inputs, "requires")
         self.ensures = self._refinement_checks(self.outputs, "ensures")
+        finite = identities.finite_ports((*self.inputs, *self.outputs))
         for clause in component.all_clauses:
-            check = self._clause_check(clause)
+            check = self._clause_check(clause, finite)
             if check is not None:
                 (self.requires if clause.kind == "requires" else self.ensures).append(check)
         self.requires.sort(key=_report_order)
@@ -144,7 +146,9 @@ class Boundary:
                 ))
         return checks
 
-    def _clause_check(self, clause: ir.Clause) -> Check | None:
+    def _clause_check(self, clause: ir.Clause, finite: dict[str, int]) -> Check | None:
+        """The clause compiled; `implied` where it follows from the ports in `finite` being finite
+        (`identities.py`), which the fast path checks anyway."""
         try:
             compiled = PredicateCompiler().compile(clause)
         except UnsupportedClause as reason:
@@ -154,7 +158,7 @@ class Boundary:
             self.skipped.append(Skipped(clause, "nested too deeply for the monitor to compile"))
             return None
         return Check(clause.name, clause.kind, clause.fragment.value, clause.span, compiled.read, compiled.mask,
-                     clause, compiled.nodes, compiled.instances)
+                     clause, compiled.nodes, compiled.instances, identities.implied_by_finite(clause.expr, finite))
 
     # ------------------------------------------------------------ checking
 
