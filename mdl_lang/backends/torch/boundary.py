@@ -24,6 +24,8 @@ from mdl_lang.diagnostics import SourceMap
 from mdl_lang.span import Span
 
 Mask = Callable[[CallContext], torch.Tensor]
+PortReader = Callable[[object, Readings], None]
+"""A refinement's fast check: reads its port's value and leaves statistics and tests in the readings."""
 
 
 @dataclass(frozen=True)
@@ -32,19 +34,34 @@ class Check:
 
     `read` leaves the fast path's whole-batch statistics, `mask` is the
     per-sample test of the slow path; `implied` marks a check another check of
-    the fast path already covers.
+    the fast path already covers. A refinement names its `port`, and its
+    `read` takes that port's value rather than the call's context.
     """
 
     name: str
     kind: str
     fragment: str
     span: Span
-    read: Reader
+    read: Reader | PortReader
     mask: Mask
     clause: ir.Clause | None = None
     nodes: dict[int, ir.Expr] = field(default_factory=dict)
     instances: tuple[Instance, ...] = ()
     implied: bool = False
+    port: str | None = None
+
+
+class FastChecks(NamedTuple):
+    """One phase's fast checks: refinements by the port they read, then the clauses, which read the context."""
+
+    ports: tuple[tuple[str, PortReader], ...]
+    clauses: tuple[Reader, ...]
+
+    @classmethod
+    def of(cls, checks: list[Check]) -> FastChecks:
+        read = [check for check in checks if not check.implied]
+        return cls(tuple((check.port, check.read) for check in read if check.port is not None),
+                   tuple(check.read for check in read if check.port is None))
 
 
 @dataclass(frozen=True)
@@ -78,12 +95,14 @@ class Shapes(NamedTuple):
 
 
 class FastCall(NamedTuple):
-    """The fast requires of one call, kept for its ensures: the context the checks read, the input
-    signature (None when an input is not a tensor, then nothing is cached) and the readings, not yet
-    synced, that the ensures add to; None for a wrong call (shape, dtype, a check that raised).
+    """The fast requires of one call, kept for its ensures: the input values as clauses see them, what
+    their shapes bound, the input signature (None when an input is not a tensor, then nothing is cached)
+    and the readings, not yet synced, that the ensures add to; None for a wrong call (shape, dtype, a
+    check that raised).
     """
 
-    ctx: CallContext
+    values: dict[str, object]
+    shapes: Shapes
     signature: tuple | None
     readings: Readings | None
 
@@ -116,8 +135,8 @@ class Boundary:
         self.requires.sort(key=_report_order)
         self.ensures.sort(key=_report_order)
         # The fast path runs flat tuples of closures: no per-call dict or dataclass work.
-        self._fast_requires = tuple(check.read for check in self.requires if not check.implied)
-        self._fast_ensures = tuple(check.read for check in self.ensures if not check.implied)
+        self._fast_requires = FastChecks.of(self.requires)
+        self._fast_ensures = FastChecks.of(self.ensures)
         self._input_names = tuple(port.name for port in self.inputs)
         self._unbatched = tuple(port.name for port in (*self.inputs, *self.outputs) if not port.type.has_batch)
         self._inputs_batched = any(port.type.has_batch for port in self.inputs)
@@ -136,13 +155,13 @@ class Boundary:
             bounded = tensor.value_range is not None and all(abs(b) != float("inf") for b in tensor.value_range)
             if tensor.finite:
                 # A finite range already rejects NaN and infinities on the fast path.
-                checks.append(Check(f"finite({name})", kind, "per-sample", port.span, _finite_read(name),
-                                    _finite_check(name), implied=bounded))
+                checks.append(Check(f"finite({name})", kind, "per-sample", port.span, read_finite,
+                                    _finite_check(name), implied=bounded, port=name))
             if tensor.value_range is not None:
                 low, high = tensor.value_range
                 checks.append(Check(
                     f"{name} in [{_number(low)}, {_number(high)}]", kind, "per-sample", port.span,
-                    _range_read(name, low, high), _range_check(name, low, high),
+                    RangeReader(Constant(low), Constant(high)).read, _range_check(name, low, high), port=name,
                 ))
         return checks
 
@@ -175,11 +194,12 @@ class Boundary:
             shapes = self._shapes(self.inputs, values, {})
             if signature is not None and len(self._input_shapes) < _SIGNATURES:
                 self._input_shapes[signature] = shapes
-        ctx = CallContext(self._per_sample(_clause_values(values), shapes.batch), shapes.dims, shapes.batch)
+        values = _clause_values(values)
         if not shapes.holds:
-            return FastCall(ctx, signature, None)
+            return FastCall(values, shapes, signature, None)
         readings = Readings()
-        return FastCall(ctx, signature, readings if _read_all(self._fast_requires, ctx, readings) else None)
+        held = self._read(self._fast_requires, values, shapes.dims, shapes.batch, readings)
+        return FastCall(values, shapes, signature, readings if held else None)
 
     def fast_ensures(self, call: FastCall, outputs: tuple) -> bool:
         """The fast path of the ensures, after the requires of the same call; an ensures may read the inputs too.
@@ -194,17 +214,36 @@ class Boundary:
         if shapes is None:
             # Dtypes are checked on the outputs as returned, before low-precision ones are widened.
             raw = dict(zip(self._output_names, outputs, strict=False))
-            shapes = self._shapes(self.outputs, raw, dict(call.ctx.dims))
+            shapes = self._shapes(self.outputs, raw, dict(call.shapes.dims))
             if key is not None and len(self._output_shapes) < _SIGNATURES:
                 self._output_shapes[key] = shapes
         if not shapes.holds:
             return False
-        values = dict(call.ctx.values)
+        values = dict(call.values)
         for name, value in zip(self._output_names, outputs, strict=False):
             values[name] = _for_clauses(value)
-        batch = call.ctx.batch if self._inputs_batched else shapes.batch
-        return _read_all(self._fast_ensures, CallContext(self._per_sample(values, batch), shapes.dims, batch),
-                         call.readings)
+        batch = call.shapes.batch if self._inputs_batched else shapes.batch
+        return self._read(self._fast_ensures, values, shapes.dims, batch, call.readings)
+
+    def _read(
+        self, checks: FastChecks, values: dict[str, object], dims: dict[str, int], batch: int, readings: Readings,
+    ) -> bool:
+        """Leave every fast check's statistics in `readings`; False when one cannot run.
+
+        A refinement reads its port as given: the batch axis an unbatched port
+        gets for the clauses repeats its elements, so they pass or fail alike
+        (with no samples, the slow path finds nothing to fail).
+        """
+        try:
+            for name, read in checks.ports:
+                read(values[name], readings)
+            if checks.clauses:
+                ctx = CallContext(self._per_sample(values, batch), dims, batch)
+                for read in checks.clauses:
+                    read(ctx, readings)
+        except Exception:  # noqa: BLE001 - the slow path names the check that cannot run
+            return False
+        return True
 
     @staticmethod
     def _shapes(ports: tuple[ir.Port, ...], values: dict[str, object], dims: dict[str, int]) -> Shapes:
@@ -408,16 +447,6 @@ def _signature_of(values: tuple) -> tuple | None:
     return tuple(parts)
 
 
-def _read_all(checks: tuple[Reader, ...], ctx: CallContext, readings: Readings) -> bool:
-    """Leave every fast check's statistics in `readings`; False when one cannot run."""
-    try:
-        for check in checks:
-            check(ctx, readings)
-    except Exception:  # noqa: BLE001 - the slow path names the check that cannot run
-        return False
-    return True
-
-
 _WIDENED = {
     torch.float16: torch.float32, torch.bfloat16: torch.float32,
     torch.uint8: torch.int64, torch.int8: torch.int64, torch.int16: torch.int64, torch.int32: torch.int64,
@@ -450,15 +479,6 @@ def _batch_size(values: dict[str, torch.Tensor], ports: tuple[ir.Port, ...]) -> 
         if port.type.has_batch and isinstance(value, torch.Tensor) and value.dim() > 0:
             return value.shape[0]
     return 1
-
-
-def _range_read(name: str, low: float, high: float) -> Reader:
-    in_range = RangeReader(Constant(low), Constant(high))
-    return lambda ctx, readings: in_range.read(ctx.values[name], readings)
-
-
-def _finite_read(name: str) -> Reader:
-    return lambda ctx, readings: read_finite(ctx.values[name], readings)
 
 
 def _range_check(name: str, low: float, high: float) -> Mask:

@@ -96,13 +96,26 @@ class Readings:
 
 
 def _read_back(statistics: list[torch.Tensor]) -> list[float]:
-    """The statistics as Python numbers: one host sync, however many there are."""
-    if len(statistics) == 1:
-        return [statistics[0].item()]
+    """The statistics as Python numbers.
+
+    On the CPU there is nothing to wait for, and reading each alone costs a
+    third of stacking them; elsewhere they are read in one host sync.
+    """
+    if statistics[0].is_cpu:  # and the rest with it, but for a module that moves its outputs: read alike
+        return _each(statistics)
+    return stacked(statistics)
+
+
+def stacked(statistics: list[torch.Tensor]) -> list[float]:
+    """The statistics read back in one host sync, however many there are (widened to their common dtype)."""
     try:
         return torch.stack(statistics).tolist()
     except RuntimeError:  # statistics on different devices: a module that moves its outputs
-        return [statistic.item() for statistic in statistics]
+        return _each(statistics)
+
+
+def _each(statistics: list[torch.Tensor]) -> list[float]:
+    return [statistic.item() for statistic in statistics]
 
 
 def rounded(constant: Constant, dtype: torch.dtype) -> float:

@@ -26,7 +26,7 @@ from mdl_lang.backends.torch import monitor
 from mdl_lang.backends.torch.boundary import Boundary
 from mdl_lang.backends.torch.constants import Constant
 from mdl_lang.backends.torch.predicates import CallContext, softmax
-from mdl_lang.backends.torch.readings import CloseReader, Readings, read_finite
+from mdl_lang.backends.torch.readings import CloseReader, Readings, read_finite, stacked
 
 SPEC_TEXT = """
 labels Digit = {0..9}
@@ -226,8 +226,10 @@ def test_readings_of_mixed_dtypes_are_read_back_exactly() -> None:
     big = torch.tensor([2.0**60 + 2.0**8], dtype=torch.float64)  # not a float32: the stack must widen, not round
     CloseReader(Constant(2.0**60)).read(big, torch.tensor([2.0**60], dtype=torch.float64), readings)
     assert readings.holds()
+    assert stacked(readings.statistics) == [True, 2.0, 256.0]
     CloseReader(Constant(255.0)).read(big, torch.tensor([2.0**60], dtype=torch.float64), readings)
     assert not readings.holds()
+    assert stacked(readings.statistics)[-1] == 256.0
     verdicts = Readings()
     verdicts.add_verdict(True)
     assert verdicts.holds()
@@ -336,6 +338,6 @@ def test_readings_on_different_devices_are_read_one_by_one(monkeypatch) -> None:
     read_finite(torch.tensor([1.0, 2.0]), readings)
     readings.add_verdict(torch.tensor(True))
     monkeypatch.setattr(torch, "stack", different_devices)
-    assert readings.holds()
+    assert stacked(readings.statistics) == [2.0, True]
     read_finite(torch.tensor([1.0, math.nan]), readings)
-    assert not readings.holds()
+    assert math.isnan(stacked(readings.statistics)[-1])
