@@ -263,29 +263,40 @@ def _run_test(args: argparse.Namespace) -> int:
         progress=None if args.format == "json" else lambda line: print(line, file=sys.stderr, flush=True),
     )
     wanted = set(args.module or ())
+    found: set[str] = set()
+    # A binding that cannot be imported is an environment error (exit 2), but of that component only:
+    # the others are still tested and reported, and the errors come last.
+    unbound: list[str] = []
     for path in files:
         spec = load(path, args.root or default_root(args.paths))
         tester = ContractTester(spec, settings)
         for name in spec.components():
             if wanted and name not in wanted:
                 continue
+            found.add(name)
             try:
                 report.results.extend(tester.run(name))
             except BindingError as error:
-                raise UsageError(str(error)) from error
+                unbound.append(str(error))
         report.diagnostics.extend(tester.diagnostics)
-    unknown_names = wanted - {r.component for r in report.results}
+    unknown_names = wanted - found
     if unknown_names:
         raise UsageError(f"no module or composition named {', '.join(sorted(unknown_names))}")
-    status = _print_test_report(args, report, checked.sources)
+    status = _print_test_report(args, report, checked.sources, unbound)
     if status == EXIT_OK and args.strict and any(r.verdict is Verdict.UNKNOWN for r in report.results):
         return EXIT_FAILED
     return status
 
 
-def _print_test_report(args: argparse.Namespace, report: Report, sources: SourceMap) -> int:
+def _print_test_report(
+    args: argparse.Namespace, report: Report, sources: SourceMap, errors: Sequence[str] = (),
+) -> int:
+    """The report for people or as JSON; `errors` are environment errors met on the way (exit 2)."""
     if args.format == "json":
-        print(report.dumps())
+        document = report.to_json()
+        if errors:
+            document["error"] = "\n".join(errors)
+        print(json.dumps(document, indent=2))
     else:
         if report.diagnostics:
             print(render_all(report.diagnostics, sources))
@@ -298,6 +309,10 @@ def _print_test_report(args: argparse.Namespace, report: Report, sources: Source
         print(", ".join(f"{counts[v.value]} {label}" for v, label in (
             (Verdict.PASS, "passed"), (Verdict.FAIL, "failed"), (Verdict.UNKNOWN, "unknown"), (Verdict.SKIP, "skipped"),
         )))
+    for error in errors:
+        print(f"mdl: error: {error}", file=sys.stderr)
+    if errors:
+        return EXIT_USAGE
     failed = any(d.is_error for d in report.diagnostics) or any(r.verdict is Verdict.FAIL for r in report.results)
     return EXIT_FAILED if failed else EXIT_OK
 

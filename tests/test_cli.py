@@ -239,3 +239,31 @@ def test_mdl_blame_reads_what_mdl_check_writes(tmp_path, capsys) -> None:
     (tmp_path / "check.json").write_text(capsys.readouterr().out)
     assert main(["blame", str(tmp_path / "check.json")]) == 1
     assert "error[" in capsys.readouterr().out
+
+
+BOUND_AND_BROKEN = """\
+dim B : batch
+interface I {
+  input  x: Tensor[B, 2] float32
+  output y: Tensor[B, 2] float32
+  ensures y == x within 1e-6
+}
+module broken : I { python "no_such_module:make" }
+module same : I { python "identity_factory:make" }
+"""
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_a_binding_that_cannot_be_imported_does_not_stop_the_others(tmp_path, capsys, output) -> None:
+    (tmp_path / "identity_factory.py").write_text("from torch import nn\n\ndef make():\n    return nn.Identity()\n")
+    spec = spec_file(tmp_path, BOUND_AND_BROKEN)
+    assert main(["test", str(spec), "--max-examples", "5", "--format", output]) == 2
+    captured = capsys.readouterr()
+    assert "spec.mdl:7:1: cannot import `no_such_module`" in captured.err
+    if output == "json":
+        document = json.loads(captured.out)
+        assert "no_such_module" in document["error"]
+        results = {(result["module"], result["verdict"]) for result in document["results"]}
+        assert ("same", "pass") in results and not any(module == "broken" for module, _ in results)
+    else:
+        assert "passed" in captured.out
