@@ -124,7 +124,8 @@ def _layer_list(module: nn.Sequential) -> list[dict[str, object]]:
         if isinstance(layer, nn.Flatten):
             layers.append({"kind": "flatten"})
         elif isinstance(layer, nn.Linear):
-            layers.append({"kind": "linear", "in": layer.in_features, "out": layer.out_features})
+            layers.append({"kind": "linear", "in": layer.in_features, "out": layer.out_features,
+                           "bias": layer.bias is not None})
         elif isinstance(layer, nn.ReLU):
             layers.append({"kind": "relu"})
         elif isinstance(layer, nn.Softmax):
@@ -174,7 +175,8 @@ def _layer(entry: object, manifest_path: Path) -> nn.Module:
     if kind == "softmax":
         return nn.Softmax(dim=-1)
     if kind == "linear" and isinstance(entry.get("in"), int) and isinstance(entry.get("out"), int):
-        return nn.Linear(entry["in"], entry["out"])
+        # Manifests written before `bias` was recorded hold only layers with one.
+        return nn.Linear(entry["in"], entry["out"], bias=bool(entry.get("bias", True)))
     if kind == "best_rival" and isinstance(entry.get("label"), int):
         return ConcernView(nn.Identity(), entry["label"])
     try:

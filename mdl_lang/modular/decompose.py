@@ -289,26 +289,30 @@ def _module(network: DenseNetwork, masks: ModuleMasks, label: int, channel: str)
     source = torch.ones(network.linears[0].in_features, dtype=torch.bool)
     for linear, units, edges in zip(network.linears, masks.units, masks.edges, strict=False):
         weight = (linear.weight * edges)[units][:, source]
-        bias = linear.bias[units] if linear.bias is not None else torch.zeros(int(units.sum()))
+        bias = linear.bias[units] if linear.bias is not None else None
         layers += [_linear(weight, bias), nn.ReLU()]
         source = units
     last = network.linears[-1]
-    bias = last.bias if last.bias is not None else torch.zeros(last.out_features)
+    bias = last.bias
     softmax = [nn.Softmax(dim=-1)] if network.softmax else []
     if channel == "max":
         layers.append(_linear(last.weight[:, source], bias))
         return nn.Sequential(*layers, *softmax, ConcernView(nn.Identity(), label)).eval()
     rivals = [index for index in range(last.out_features) if index != label]
     weight = torch.stack((last.weight[label], last.weight[rivals].mean(dim=0)))[:, source]
-    layers.append(_linear(weight, torch.stack((bias[label], bias[rivals].mean()))))
+    pair = torch.stack((bias[label], bias[rivals].mean())) if bias is not None else None
+    layers.append(_linear(weight, pair))
     return nn.Sequential(*layers, *softmax).eval()
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
-    linear = nn.Linear(weight.shape[1], weight.shape[0])
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A Linear layer with these weights; without a bias where the model's layer has none (zeros would add
+    parameters the model does not have)."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     with torch.no_grad():
         linear.weight.copy_(weight)
-        linear.bias.copy_(bias)
+        if bias is not None:
+            linear.bias.copy_(bias)
     return linear
 
 

@@ -448,3 +448,21 @@ def test_a_cnn_decomposes_with_either_channel_and_the_cli_passes_the_channel_on(
     assert '"channel": "mean"' in (tmp_path / "out" / "manifest.json").read_text()
     with torch.no_grad():
         torch.testing.assert_close(load_module(tmp_path / "out" / "m1.pt")(images), mean.modules[1](images))
+
+
+@pytest.mark.parametrize("channel", ["max", "mean"])
+def test_a_model_without_biases_gives_modules_without_biases(digits_like, tmp_path, channel):
+    _, inputs, labels = digits_like
+    torch.manual_seed(5)
+    body = fitted(nn.Sequential(nn.Linear(12, 24, bias=False), nn.ReLU(), nn.Linear(24, 5, bias=False)),
+                  inputs, labels)
+    model = nn.Sequential(*body, nn.Softmax(dim=-1)).eval()
+    decomposition = decompose(model, inputs, labels, channel=channel)
+    model_size = sum(parameter.numel() for parameter in model.parameters())
+    for module in decomposition.modules.values():
+        assert all(layer.bias is None for layer in module if isinstance(layer, nn.Linear))
+        assert sum(parameter.numel() for parameter in module.parameters()) <= model_size
+    write_decomposition(decomposition, tmp_path, spec_name="unbiased")
+    loaded = load_module(tmp_path / "m0.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(inputs), decomposition.modules[0](inputs))
