@@ -115,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="re-run a saved failing input through its module")
     replay.add_argument("replay", type=Path, metavar="REPLAY.pt")
     replay.add_argument("--spec", type=Path, help="the spec file (default: the one recorded in the replay)")
+    replay.add_argument("--format", choices=("text", "json"), default="text", help="output for people or machines")
     replay.set_defaults(handler=_run_replay)
 
     for add_commands in _command_plugins():
@@ -365,13 +366,23 @@ def _diagnostic_line(entry: dict) -> str:
 
 
 def _run_replay(args: argparse.Namespace) -> int:
+    """The re-checked clause as text, or as an mdl-report/1 object with that one result; a spec that no longer
+    checks is, in JSON, that object's diagnostics (exit 1, as for `mdl test`)."""
     from mdl_lang.replay import ReplayError, replay
 
     try:
         outcome = replay(args.replay, args.spec)
     except ReplayError as error:
         raise UsageError(str(error)) from error
-    print(outcome.text)
+    except SpecError as error:
+        if args.format != "json":
+            raise
+        print(Report("replay", diagnostics=error.diagnostics).dumps())
+        return EXIT_FAILED
+    if args.format == "json":
+        print(Report("replay", [outcome.result]).dumps())
+    else:
+        print(outcome.text)
     return EXIT_FAILED if outcome.reproduced else EXIT_OK
 
 

@@ -9,7 +9,8 @@ checked again at the saved centre with the saved perturbed input (`x2`).
 
 A replay says a failure is gone only when it re-checked the same thing; when
 it cannot know (a file that does not say where the component ran, or holds no
-searched point) it says `unknown` and why.
+searched point) it says `unknown` and why. Its finding is one `Result`, so that
+the text and the mdl-report/1 JSON of `mdl replay` say the same thing.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from mdl_lang import ir
+from mdl_lang import blame, ir
 from mdl_lang.bindings import BindingError, module_for, parts_for
 from mdl_lang.compiler import CheckedSpec, load
-from mdl_lang.report import Verdict, render_result
+from mdl_lang.diagnostics import SourceMap
+from mdl_lang.report import Result, Verdict, Witness, render_result
+from mdl_lang.span import Span
 
 
 class ReplayError(Exception):
@@ -32,15 +36,30 @@ class ReplayError(Exception):
 
 @dataclass(frozen=True)
 class ReplayOutcome:
-    """`verdict`: FAIL when the failure happens again, PASS when the same check now holds, UNKNOWN when the
-    replay could not re-check what failed."""
+    """The re-checked clause's `Result`: verdict FAIL when the failure happens again (with the blame and
+    witness of the check that found it), PASS when the same check now holds, UNKNOWN when the replay could
+    not re-check what failed (its message says why). `sources` render the clause's source line."""
 
-    verdict: Verdict
-    text: str
+    result: Result
+    sources: SourceMap = field(default_factory=SourceMap)
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.result.verdict
 
     @property
     def reproduced(self) -> bool:
         return self.verdict is Verdict.FAIL
+
+    @property
+    def text(self) -> str:
+        """A failure as every failure is shown (`render_result`, so a monitor's report reads as the monitor
+        wrote it); otherwise the finding, then the values that show it."""
+        if self.reproduced:
+            return render_result(self.result, self.sources)
+        prefix = "unknown: " if self.verdict is Verdict.UNKNOWN else ""
+        values = self.result.witness.values if self.result.witness else ()
+        return prefix + self.result.message + (f":\n{_lines(values)}" if values else "")
 
 
 def replay(path: Path, spec_path: Path | None = None) -> ReplayOutcome:
@@ -67,24 +86,65 @@ def replay(path: Path, spec_path: Path | None = None) -> ReplayOutcome:
     recorded_path = tuple(saved.get("path", ()))
     model = _bound(spec, name, recorded_path)
     if clause is not None and clause.fragment is ir.Fragment.RELATIONAL:
-        return _replay_relational(spec, clause, model, saved)
+        return ReplayOutcome(_replay_relational(spec, clause, model, saved), spec.sources)
     model(*(saved["inputs"][port.name] for port in component.interface.inputs))
     failures = [r for r in model.reports
                 if r.verdict is Verdict.FAIL and r.component == name and r.clause == saved["clause"]]
-    where = f"`{saved['clause']}` of `{name}`"
     if failures:
-        return ReplayOutcome(Verdict.FAIL, render_result(failures[0], spec.sources))
+        return ReplayOutcome(failures[0], spec.sources)
+    checked = _monitor_check(spec, component, saved["clause"])
+    where = f"`{saved['clause']}` of `{name}`"
+    if checked is None:
+        # Renamed or removed since the file was saved, or a clause the monitor skips: nothing re-checked it.
+        unchecked = Checked(saved["clause"], str(saved.get("kind", "")), "", (clause or component).span)
+        return ReplayOutcome(_finding(name, unchecked, "monitor", Verdict.UNKNOWN, (
+            f"the monitor of `{name}` has no check `{saved['clause']}` as {spec_file} stands now, so nothing "
+            f"re-checked it")), spec.sources)
     if not recorded_path:
         outer = next(_replacing_outer(spec, name), None)
         if outer is not None:
-            return ReplayOutcome(Verdict.UNKNOWN, (
-                f"unknown: {where} holds on the saved inputs with `{name}`'s own parts, but `{outer}` runs "
+            return ReplayOutcome(_finding(name, checked, "monitor", Verdict.UNKNOWN, (
+                f"{where} holds on the saved inputs with `{name}`'s own parts, but `{outer}` runs "
                 f"`{name}` with parts replaced and the replay file does not say where it ran; replay it "
-                f"yourself: spec.bind({outer!r}, parts=...)"))
-    return ReplayOutcome(Verdict.PASS, f"{where} now holds on the saved inputs")
+                f"yourself: spec.bind({outer!r}, parts=...)")), spec.sources)
+    return ReplayOutcome(_finding(name, checked, "monitor", Verdict.PASS, f"{where} now holds on the saved inputs"),
+                         spec.sources)
 
 
-def _replay_relational(spec: CheckedSpec, clause: ir.Clause, model, saved: dict) -> ReplayOutcome:
+class Checked(NamedTuple):
+    """What a replay re-checks, as a report names and places it: a clause, a port's refinement or its type."""
+
+    name: str
+    kind: str
+    fragment: str
+    span: Span
+
+
+def _monitor_check(spec: CheckedSpec, component: ir.Component, name: str) -> Checked | None:
+    """The check the monitor reports under `name` (a clause, a port's refinement such as `y in [0, 1]`, or
+    `type of y`); None when the spec no longer has it."""
+    from mdl_lang.backends.torch.boundary import Boundary, type_check_name
+
+    boundary = Boundary(component.name, component, spec.sources)
+    for check in (*boundary.requires, *boundary.ensures):
+        if check.name == name:
+            return Checked(check.name, check.kind, check.fragment, check.span)
+    for port in component.interface.ports:
+        if type_check_name(port) == name:
+            return Checked(name, "requires" if port.direction == "input" else "ensures", "per-sample", port.span)
+    return None
+
+
+def _finding(component: str, checked: Checked, backend: str, verdict: Verdict, message: str,
+             witness: Witness | None = None) -> Result:
+    """The replay's own verdict, where no monitor report gives one. A failure is blamed as `mdl test` blames
+    the relational failure it saved: on the module, whose requires the saved inputs keep."""
+    party = blame.for_ensures(component, checked.name, (component,)) if verdict is Verdict.FAIL else None
+    return Result(component, checked.name, checked.kind, checked.fragment, backend, verdict, checked.span,
+                  message, party, witness)
+
+
+def _replay_relational(spec: CheckedSpec, clause: ir.Clause, model, saved: dict) -> Result:
     """A relational clause is not the monitor's: it is checked again at the saved inputs. Where the file holds
     the point each ball's search found (`x2`), the clause is evaluated exactly there; otherwise the balls are
     searched afresh (seed 0), and finding nothing is `unknown`, since that need not be the point that failed."""
@@ -97,6 +157,7 @@ def _replay_relational(spec: CheckedSpec, clause: ir.Clause, model, saved: dict)
 
     component = spec.component(saved["component"])
     where = f"`{clause.name}` of `{component.name}`"
+    checked = Checked(clause.name, clause.kind, clause.fragment.value, clause.span)
 
     def call(*args):
         with monitor_mode("off"):
@@ -107,28 +168,35 @@ def _replay_relational(spec: CheckedSpec, clause: ir.Clause, model, saved: dict)
     searched = _searched_names(clause.expr)
     if searched and searched <= saved["inputs"].keys():
         points = {name: saved["inputs"][name] for name in searched}
-        failing, text = _check_at_points(clause, call, inputs, component.interface.ports, points, admissible)
+        failing, values, remarks = _check_at_points(clause, call, inputs, component.interface.ports, points,
+                                                    admissible)
         if failing:
-            return ReplayOutcome(Verdict.FAIL, f"{where} fails again at the saved point:\n{text}")
-        return ReplayOutcome(Verdict.PASS, f"{where} holds at the saved point:\n{text}")
+            return _finding(component.name, checked, "pbt", Verdict.FAIL, f"{where} fails again at the saved point",
+                            Witness((0,), values))
+        return _finding(component.name, checked, "pbt", Verdict.PASS,
+                        f"{where} holds at the saved point" + "".join(f"; {remark}" for remark in remarks),
+                        Witness((), values))
     verdict = check_relational(clause, call, inputs, component.interface.ports, admissible=admissible,
                                generator=torch.Generator().manual_seed(0), first_only=True)
     if verdict.failing:
-        return ReplayOutcome(Verdict.FAIL, f"{where} fails again on the saved inputs (a confirmed counterexample, "
-                                           f"searched afresh):\n{_lines(verdict.values)}")
+        return _finding(component.name, checked, "pbt", Verdict.FAIL,
+                        f"{where} fails again on the saved inputs (a confirmed counterexample, searched afresh)",
+                        Witness(verdict.failing, verdict.values))
     if searched is not None and not searched:
         # No search: the clause was evaluated exactly, as when it failed.
-        return ReplayOutcome(Verdict.PASS, f"{where} now holds on the saved inputs: {verdict.reason}")
-    return ReplayOutcome(Verdict.UNKNOWN, (
-        f"unknown: the replay file holds no searched point to re-check {where} at, and a fresh search found "
+        return _finding(component.name, checked, "pbt", Verdict.PASS,
+                        f"{where} now holds on the saved inputs: {verdict.reason}")
+    return _finding(component.name, checked, "pbt", Verdict.UNKNOWN, (
+        f"the replay file holds no searched point to re-check {where} at, and a fresh search found "
         f"no counterexample: {verdict.reason}"))
 
 
 def _check_at_points(clause: ir.Clause, module, inputs: dict, ports: tuple[ir.Port, ...], points: dict,
-                     admissible) -> tuple[bool, str]:
+                     admissible) -> tuple[bool, tuple[tuple[str, str], ...], tuple[str, ...]]:
     """The clause on the saved inputs (batch of 1), each ball decided at its saved point alone: false there, and
     the point inside the ball, the input's range and the requires, makes a counterexample. Returns whether the
-    clause fails and what shows it (the distance and the outputs at both points, or why the point is none)."""
+    clause fails, the values that show it (the distance and the outputs at both points), and why a saved point
+    where the clause is false is no counterexample."""
     import torch
 
     from mdl_lang.backends.torch.predicates import CallContext, PredicateCompiler, per_sample
@@ -137,7 +205,8 @@ def _check_at_points(clause: ir.Clause, module, inputs: dict, ports: tuple[ir.Po
 
     search = Search(tuple(p for p in ports if p.direction == "input"), tuple(p for p in ports if p.direction ==
                     "output"), torch.Generator(), 0, 0, 0, admissible)
-    notes: list[str] = []
+    values: list[tuple[str, str]] = []
+    remarks: list[str] = []
 
     class AtSavedPoints(PredicateCompiler):
         def emit_BallQuantifier(self, expr: ir.BallQuantifier):
@@ -155,16 +224,16 @@ def _check_at_points(clause: ir.Clause, module, inputs: dict, ports: tuple[ir.Po
                 moved = CallContext({**ctx.values, expr.var: point}, ctx.dims, ctx.batch, module=ctx.module)
                 false = ~per_sample(body(moved), ctx.batch)
                 inside, admitted = ball.contains(point), search.admits(ctx, port.name, point)
-                notes.append(f"{expr.norm} distance of {expr.var} from {expr.center} = "
-                             f"{float(ball.distance(point)[0]):.6g} (radius {float(radii[0]):.6g})")
+                values.append((f"{expr.norm} distance of {expr.var} from {expr.center}",
+                               f"{float(ball.distance(point)[0]):.6g} (radius {float(radii[0]):.6g})"))
                 if bool(false[0]) and not bool(inside[0]):
-                    notes.append(f"`{expr.var}` lies outside the ball or the input's range: it is no counterexample")
+                    remarks.append(f"`{expr.var}` lies outside the ball or the input's range: it is no counterexample")
                 elif bool(false[0]) and not bool(admitted[0]):
-                    notes.append(f"`{expr.var}` breaks a requires of the module: it is no counterexample")
+                    remarks.append(f"`{expr.var}` breaks a requires of the module: it is no counterexample")
                 there = search.moved(ctx, port.name, point).values
                 for output in search.outputs:
-                    notes.append(f"{output.name} at {expr.var} = {summarize(there[output.name][0])}")
-                    notes.append(f"{output.name} at {expr.center} = {summarize(ctx.values[output.name][0])}")
+                    values.append((f"{output.name} at {expr.var}", summarize(there[output.name][0])))
+                    values.append((f"{output.name} at {expr.center}", summarize(ctx.values[output.name][0])))
                 return ~(false & inside & admitted)
 
             return at_point
@@ -173,7 +242,7 @@ def _check_at_points(clause: ir.Clause, module, inputs: dict, ports: tuple[ir.Po
     with torch.no_grad():
         ctx = search.context(module, inputs)
         holds = per_sample(evaluate(ctx), ctx.batch)
-    return not bool(holds.all()), "\n".join(f"  {note}" for note in notes) if notes else "evaluated exactly"
+    return not bool(holds.all()), tuple(values), tuple(remarks)
 
 
 def _searched_names(expr: ir.Expr) -> set[str] | None:

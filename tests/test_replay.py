@@ -10,7 +10,7 @@ import torch
 
 import mdl_lang
 from mdl_lang.cli import main
-from mdl_lang.report import Report, Result
+from mdl_lang.report import Report, Result, render_result
 
 SPEC = textwrap.dedent("""
     labels Digit = {0..9}
@@ -122,3 +122,80 @@ def test_a_relational_counterexample_from_mdl_test_replays(tmp_path, capsys):
     assert main(["replay", result.witness.replay, "--spec", str(faults)]) == 1
     out = capsys.readouterr().out
     assert "`robust` of `brittle` fails again" in out and "distance" in out
+    assert "blame: brittle (module)" in out  # a replayed failure is shown as every failure is
+
+
+def replay_json(argv: list[str], capsys) -> tuple[int, dict]:
+    """`mdl replay ... --format json`: the exit code and the one object printed."""
+    status = main(["replay", *argv, "--format", "json"])
+    return status, json.loads(capsys.readouterr().out)
+
+
+def test_mdl_replay_json_reports_the_reproduced_failure_with_blame_and_witness(project, capsys):
+    (result,) = failing_run(project)
+    status, document = replay_json([result.witness.replay], capsys)
+    assert status == 1
+    assert document["schema"] == "mdl-report/1" and document["command"] == "replay"
+    assert document["summary"] == {"pass": 0, "fail": 1, "unknown": 0, "skip": 0}
+    (entry,) = document["results"]
+    assert (entry["module"], entry["clause"], entry["backend"], entry["verdict"]) == (
+        "broken", "scores", "monitor", "fail")
+    assert entry["blame"]["party"] == "broken" and entry["blame"]["role"] == "module"
+    assert entry["witness"]["samples"] == [0, 1]
+    # The text is the same Result rendered: JSON and text cannot disagree.
+    assert main(["replay", result.witness.replay]) == 1
+    assert capsys.readouterr().out.strip() == render_result(Result.from_json(entry)).strip()
+
+
+def test_mdl_replay_json_says_pass_when_the_failure_is_gone(project, capsys):
+    (result,) = failing_run(project)
+    saved = torch.load(result.witness.replay, weights_only=True)
+    torch.save({**saved, "inputs": {"x": torch.zeros(2, 4)}}, project / "fixed.pt")
+    status, document = replay_json(["fixed.pt"], capsys)
+    assert status == 0
+    assert document["summary"] == {"pass": 1, "fail": 0, "unknown": 0, "skip": 0}
+    (entry,) = document["results"]
+    assert entry["verdict"] == "pass" and entry["clause"] == "scores" and entry["line"] == 7
+    assert "now holds on the saved inputs" in entry["message"] and "blame" not in entry
+
+
+def test_mdl_replay_json_of_a_relational_counterexample(tmp_path, capsys):
+    from pathlib import Path
+
+    from mdl_lang.testing import ContractTester, TestSettings
+
+    faults = Path(__file__).parent / "testing" / "faults.mdl"
+    tester = ContractTester(mdl_lang.load(faults), TestSettings(replay_dir=tmp_path))
+    [result] = [r for r in tester.run("brittle") if r.clause == "robust"]
+    status, document = replay_json([result.witness.replay, "--spec", str(faults)], capsys)
+    assert status == 1
+    (entry,) = document["results"]
+    assert (entry["module"], entry["clause"], entry["verdict"], entry["fragment"]) == (
+        "brittle", "robust", "fail", "relational")
+    assert entry["blame"]["party"] == "brittle"
+    assert "linf distance of x2 from x" in entry["witness"]["values"]
+    assert document["summary"]["fail"] == 1
+
+
+def test_mdl_replay_json_of_a_missing_file_is_one_object_with_an_error(project, capsys):
+    status, document = replay_json(["missing.pt"], capsys)
+    assert status == 2
+    assert document["command"] == "replay" and document["results"] == []
+    assert "no such replay file: missing.pt" in document["error"]
+
+
+def test_mdl_replay_json_of_a_spec_that_no_longer_checks_lists_its_diagnostics(project, capsys):
+    (result,) = failing_run(project)
+    (project / "spec.mdl").write_text(SPEC.replace("Digit]", "Digits]"))
+    status, document = replay_json([result.witness.replay], capsys)
+    assert status == 1
+    assert document["results"] == [] and document["diagnostics"][0]["severity"] == "error"
+
+
+def test_mdl_replay_of_a_clause_the_spec_no_longer_has_is_unknown_not_gone(project, capsys):
+    (result,) = failing_run(project)
+    (project / "spec.mdl").write_text(SPEC.replace("ensures scores:", "ensures renamed:"))
+    status, document = replay_json([result.witness.replay], capsys)
+    assert status == 0
+    (entry,) = document["results"]
+    assert entry["verdict"] == "unknown" and "has no check `scores`" in entry["message"]
