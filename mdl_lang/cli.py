@@ -337,7 +337,9 @@ def _run_blame(args: argparse.Namespace) -> int:
         raise UsageError(f"no such file: {args.report}") from error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UsageError(f"{args.report} is not a JSON report: {error}") from error
-    entries = document.get("results") if isinstance(document, dict) and "results" in document else [document]
+    # A whole report (its results, maybe none), or one result saved alone.
+    whole = isinstance(document, dict) and ("results" in document or document.get("schema") == "mdl-report/1")
+    entries = document.get("results", []) if whole else [document]
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise UsageError(f"{args.report} holds no mdl-report/1 results")
     try:

@@ -267,3 +267,9 @@ def test_a_binding_that_cannot_be_imported_does_not_stop_the_others(tmp_path, ca
         assert ("same", "pass") in results and not any(module == "broken" for module, _ in results)
     else:
         assert "passed" in captured.out
+
+
+def test_mdl_blame_of_a_report_without_results_says_there_is_nothing_to_blame(tmp_path, capsys) -> None:
+    (tmp_path / "empty.json").write_text(json.dumps({"schema": "mdl-report/1"}))
+    assert main(["blame", str(tmp_path / "empty.json")]) == 0
+    assert "malformed" not in capsys.readouterr().err

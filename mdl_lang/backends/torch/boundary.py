@@ -95,16 +95,17 @@ class Shapes(NamedTuple):
 
 
 class FastCall(NamedTuple):
-    """The fast requires of one call, kept for its ensures: the input values as clauses see them, what
-    their shapes bound, the input signature (None when an input is not a tensor, then nothing is cached)
-    and the readings, not yet synced, that the ensures add to; None for a wrong call (shape, dtype, a
-    check that raised).
+    """The fast requires of one call, kept for its ensures: the input values as given, what their shapes
+    bound, the input signature (None when an input is not a tensor, then nothing is cached), the readings,
+    not yet synced, that the ensures add to (None for a wrong call: shape, dtype, a check that raised),
+    and how many of their tests are the requires'.
     """
 
     values: dict[str, object]
     shapes: Shapes
     signature: tuple | None
     readings: Readings | None
+    tests: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,11 @@ class Boundary:
         self.skipped: list[Skipped] = []
         self.requires = self._refinement_checks(self.inputs, "requires")
         self.ensures = self._refinement_checks(self.outputs, "ensures")
-        finite = identities.finite_ports((*self.inputs, *self.outputs))
+        # A requires reads the inputs as given; an ensures reads them after the call, when the module may have
+        # changed them in place: only the outputs' finite checks stand for what an ensures reads.
+        finite = {"requires": identities.finite_ports(self.inputs), "ensures": identities.finite_ports(self.outputs)}
         for clause in component.all_clauses:
-            check = self._clause_check(clause, finite)
+            check = self._clause_check(clause, finite[clause.kind])
             if check is not None:
                 (self.requires if clause.kind == "requires" else self.ensures).append(check)
         self.requires.sort(key=_report_order)
@@ -141,6 +144,11 @@ class Boundary:
         self._unbatched = tuple(port.name for port in (*self.inputs, *self.outputs) if not port.type.has_batch)
         self._inputs_batched = any(port.type.has_batch for port in self.inputs)
         self._output_names = tuple(port.name for port in self.outputs)
+        inputs = set(self._input_names)
+        self._ensures_read_inputs = any(
+            isinstance(node, ir.PortRef) and node.port in inputs
+            for check in self.ensures if check.clause is not None for node in ir.walk(check.clause.expr)
+        )
         # Shape and dtype verdicts by call signature (input shapes and dtypes; then with the outputs').
         self._input_shapes: dict[tuple, Shapes] = {}
         self._output_shapes: dict[tuple, Shapes] = {}
@@ -152,7 +160,7 @@ class Boundary:
         for port in ports:
             tensor = port.type
             name = port.name
-            bounded = tensor.value_range is not None and all(abs(b) != float("inf") for b in tensor.value_range)
+            bounded = identities.finite_range(tensor.value_range)
             if tensor.finite:
                 # A finite range already rejects NaN and infinities on the fast path.
                 checks.append(Check(f"finite({name})", kind, "per-sample", port.span, read_finite,
@@ -194,12 +202,11 @@ class Boundary:
             shapes = self._shapes(self.inputs, values, {})
             if signature is not None and len(self._input_shapes) < _SIGNATURES:
                 self._input_shapes[signature] = shapes
-        values = _clause_values(values)
         if not shapes.holds:
             return FastCall(values, shapes, signature, None)
         readings = Readings()
-        held = self._read(self._fast_requires, values, shapes.dims, shapes.batch, readings)
-        return FastCall(values, shapes, signature, readings if held else None)
+        held = self._read(self._fast_requires, _clause_values(values), shapes.dims, shapes.batch, readings)
+        return FastCall(values, shapes, signature, readings if held else None, len(readings.tests))
 
     def fast_ensures(self, call: FastCall, outputs: tuple) -> bool:
         """The fast path of the ensures, after the requires of the same call; an ensures may read the inputs too.
@@ -219,7 +226,8 @@ class Boundary:
                 self._output_shapes[key] = shapes
         if not shapes.holds:
             return False
-        values = dict(call.values)
+        # The inputs as they are now, as the slow path reads them: the module may have changed them in place.
+        values = dict(_clause_values(call.values)) if self._ensures_read_inputs else {}
         for name, value in zip(self._output_names, outputs, strict=False):
             values[name] = _for_clauses(value)
         batch = call.shapes.batch if self._inputs_batched else shapes.batch
@@ -244,6 +252,10 @@ class Boundary:
         except Exception:  # noqa: BLE001 - the slow path names the check that cannot run
             return False
         return True
+
+    def bind_input_dims(self, values: dict[str, object], bound: dict[str, int]) -> None:
+        """Bind the dims of the inputs' shapes into `bound`, as the slow requires would, without checking values."""
+        self._shapes(self.inputs, values, bound)
 
     @staticmethod
     def _shapes(ports: tuple[ir.Port, ...], values: dict[str, object], dims: dict[str, int]) -> Shapes:

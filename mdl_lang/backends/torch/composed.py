@@ -75,9 +75,11 @@ class VoteStep:
     floor: float | None
 
 
-def module_key(name: str) -> str:
-    """A part name as an `nn.ModuleDict` key (which may not contain dots)."""
-    return name.replace(".", "__")
+def module_key(parts: nn.ModuleDict, name: str) -> str:
+    """A part name as a key of `parts`: without dots, which a key may not contain, and with a `-` (which no
+    spec name has) after a name the dict has for something of its own (`half`, `cpu`, `keys`, `training`)."""
+    key = name.replace(".", "__")
+    return key + "-" if hasattr(parts, key) and key not in parts else key
 
 
 class ComposedModel(Switchable, nn.Module):
@@ -102,8 +104,9 @@ class ComposedModel(Switchable, nn.Module):
         self._calls = 0
         self._boundaries: dict[str, Boundary] = {}
         self.parts = nn.ModuleDict()
+        self._bound: set[str] = set()
         self.plan = self._plan(composition.expr, spec, dict(parts), {})
-        unused = sorted(set(parts) - {key.replace("__", ".") for key in self.parts})
+        unused = sorted(set(parts) - self._bound)
         if unused:
             raise CompositionError(f"`{name}` has no part named {', '.join(unused)}")
 
@@ -138,8 +141,10 @@ class ComposedModel(Switchable, nn.Module):
             raise CompositionError(
                 f"`{self.contract_name}` needs the module `{name}`: pass it in parts={{'{name}': ...}}"
             )
-        self.parts[module_key(name)] = parts[name]
-        return PartStep(name, module_key(name))
+        key = module_key(self.parts, name)
+        self.parts[key] = parts[name]
+        self._bound.add(name)
+        return PartStep(name, key)
 
     def _component(self, step, spec: ir.Spec) -> ir.Component:
         if isinstance(step, (PartStep, NestedStep)):
@@ -358,8 +363,10 @@ def _bottom(scores: list[torch.Tensor], floor: float | None, like: torch.Tensor)
     if floor is not None:
         return like.new_full((1,) * like.dim(), floor)
     lowest = torch.stack([part_scores.amin(dim=-1) for part_scores in scores]).amin(dim=0).to(like.dtype)
-    # Just below every score of the sample: the decision keeps its own score, and finite scores stay finite.
-    return torch.nextafter(lowest, torch.full_like(lowest, float("-inf"))).unsqueeze(-1)
+    # Just below every score of the sample: the decision keeps its own score, and finite scores stay finite
+    # (at the dtype's lowest finite value itself there is nothing below: `_keep_argmax` then raises the decision).
+    below = torch.nextafter(lowest, torch.full_like(lowest, float("-inf")))
+    return torch.where(torch.isinf(below) & torch.isfinite(lowest), lowest, below).unsqueeze(-1)
 
 
 def _first_highest(key: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,8 @@ proportion); the bound used is four times that.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mdl_lang import ir
@@ -103,15 +105,26 @@ def _softmax_sum_interval(expr: ir.Expr, finite_ports: dict[str, int]) -> tuple[
     return 1.0 - error, 1.0 + error
 
 
+def finite_range(value_range: tuple[float, float] | None) -> bool:
+    """Whether a value range rejects NaN and the infinities: both bounds finite as compared.
+
+    A range is compared in the value's dtype (at least float32 for a clause), so a bound beyond
+    float32's largest value (`1e39`) is infinite there and lets infinities through.
+    """
+    return value_range is not None and all(
+        math.isfinite(rounded(Constant(bound), torch.float32)) for bound in value_range
+    )
+
+
 def finite_ports(ports: tuple[ir.Port, ...]) -> dict[str, int]:
     """The ports whose every element the fast path checks finite, with one float axis of static size per sample:
     that size by port name."""
     found = {}
     for port in ports:
         tensor = port.type
-        bounded = tensor.value_range is not None and all(abs(bound) != float("inf") for bound in tensor.value_range)
         dims = tensor.sample_dims
-        if not (tensor.finite or bounded) or tensor.dtype not in ir.FLOAT_DTYPES or len(dims) != 1:
+        if not (tensor.finite or finite_range(tensor.value_range)) or tensor.dtype not in ir.FLOAT_DTYPES \
+                or len(dims) != 1:
             continue
         size = _static_size(dims[0])
         if size is not None:

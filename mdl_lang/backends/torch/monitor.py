@@ -144,17 +144,26 @@ class Requires:
     asks it (through `blame.composition_input`) whether the composition's own
     requires failed on the same samples, before the composition's boundary
     reports it after the call.
+
+    The slow path runs after the call, on the inputs as they are then; a
+    module may have changed them in place. `before` is the fast path's
+    readings of the inputs as given (with the number of their tests that are
+    the requires'), which decide instead: requires that held then held, and
+    requires that failed then and hold now were broken on inputs the module
+    has since overwritten.
     """
 
-    __slots__ = ("_shares", "bound", "boundary", "path", "upstream", "values")
+    __slots__ = ("_shares", "before", "bound", "boundary", "path", "upstream", "values")
 
     def __init__(
         self, boundary: Boundary, values: dict[str, object], upstream: blame.Upstream, path: tuple[str, ...],
+        before: tuple[Readings, int] | None = None,
     ) -> None:
         self.boundary = boundary
         self.values = values
         self.upstream = upstream
         self.path = path
+        self.before = before
         self.bound: dict[str, int] = {}
         self._shares: list[tuple[Violation, blame.Share]] | None = None
 
@@ -162,9 +171,26 @@ class Requires:
         """Every violation, once for each party that shares its blame (with that party's samples)."""
         if self._shares is None:
             self._shares = []
+            if self.before is not None and self.before[0].passed(self.before[1]):
+                self.boundary.bind_input_dims(self.values, self.bound)  # for the ensures' shapes and reports
+                return self._shares
             for violation in self.boundary.violations("requires", self.values, self.bound):
                 self.add(violation)
+            if not self._shares and self._changed_in_place():
+                self.add(self.boundary.modified_in_place())
         return self._shares
+
+    def _changed_in_place(self) -> bool:
+        """Whether the requires failed on the inputs as given and pass on them now: the module changed them.
+
+        Asked only when the slow path found no failing requires; the fast
+        checks are deterministic, so passing now where they failed before
+        means the inputs changed.
+        """
+        if self.before is None:
+            return False
+        again = self.boundary.fast_requires(self.values).readings
+        return again is not None and again.holds()
 
     def add(self, violation: Violation) -> None:
         shares = self.shares()
@@ -220,23 +246,25 @@ def run_part(
         # A wrong call (shape, dtype, a check that cannot run): reported before the module runs.
         requires = requires or Requires(boundary, in_values, upstream, path)
         requires.report(session())
+    elif requires is not None:
+        # Before the parts run: one that changes the composition's input in place must not change its verdict.
+        requires.before = (readings, fast.tests)
     try:
         raw = call(*args, **kwargs)
     except Exception as error:
         _mark_raised_in(error, path)
         if readings is not None and not readings.holds():
             # The module failed on input that broke its requires: that is the report.
-            (requires or Requires(boundary, in_values, upstream, path)).report(session())
+            (requires or Requires(boundary, in_values, upstream, path, (readings, fast.tests))).report(session())
         raise
     outputs = outputs_of(raw, boundary.outputs)
     if readings is not None and boundary.fast_ensures(fast, outputs) and readings.holds():
         return raw, Outcome(outputs)
     session = session()
     if requires is None:
-        requires = Requires(boundary, in_values, upstream, path)
+        before = (readings, fast.tests) if readings is not None else None
+        requires = Requires(boundary, in_values, upstream, path, before)
     if readings is not None:
-        if not requires.shares() and _changed_in_place(boundary, in_values, readings):
-            requires.add(boundary.modified_in_place())
         requires.report(session)
     return raw, _ensures(boundary, requires, outputs, session, composite)
 
@@ -247,22 +275,12 @@ component it came out of (a part of a composition), for the blame of a crash."""
 
 
 def _mark_raised_in(error: Exception, path: tuple[str, ...]) -> None:
+    """Mark `error` with the innermost monitored component it came out of, and say so in its traceback."""
     if not hasattr(error, RAISED_IN):
         with contextlib.suppress(AttributeError):  # an exception type that takes no attributes
             setattr(error, RAISED_IN, path)
-
-
-def _changed_in_place(boundary: Boundary, in_values: dict[str, object], readings: Readings) -> bool:
-    """Whether the fast requires failed before the call on inputs that pass them after it.
-
-    The slow path checks the inputs after the call: a module that changed
-    them in place (`nn.ReLU(inplace=True)`) can hide a broken requires. The
-    fast checks are deterministic, so passing now where they failed before
-    means the inputs changed; asked only when the slow path found no failing
-    requires, it costs the passing path nothing.
-    """
-    again = boundary.fast_requires(in_values).readings
-    return again is not None and again.holds() and not readings.passed(len(again.tests))
+            if len(path) > 1 and hasattr(error, "add_note"):  # Python 3.11 and later
+                error.add_note(f"mdl: raised inside the part {' > '.join(path)}")
 
 
 def _ensures(boundary: Boundary, requires: Requires, outputs: tuple, session: Session, composite: bool) -> Outcome:

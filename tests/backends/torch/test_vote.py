@@ -197,6 +197,15 @@ class Const(nn.Module):
         return self.row.expand(x.shape[0], -1).clone()
 
 
+class Lambda(nn.Module):
+    def __init__(self, function) -> None:
+        super().__init__()
+        self.function = function
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(x)
+
+
 def load_text(tmp_path: Path, text: str) -> mdl_lang.CheckedSpec:
     path = tmp_path / "vote.mdl"
     path.write_text(text)
@@ -218,6 +227,19 @@ def test_a_single_claim_at_the_bottom_of_the_range_still_wins():
     output = vote(scores, part_labels, ir.LabelSet((0, 1, 2, 3)), 0.0)
     assert int(output.argmax()) == 2
     assert (output >= 0).all() and (output <= 1).all()
+
+
+def test_scores_at_the_lowest_float_stay_finite_and_the_decision_keeps_the_argmax():
+    lowest = torch.finfo(torch.float32).min
+    # `a` claims 0; `b` abstains and scores its label 1 at the lowest float32, below which nothing is finite.
+    scores = [torch.tensor([[1.0, 0.0]]), torch.tensor([[lowest, 0.0]])]
+    part_labels = (ir.LabelSet((0, ir.OTHER)), ir.LabelSet((1, ir.OTHER)))
+    output = vote(scores, part_labels, ir.LabelSet((0, 1)))
+    assert torch.isfinite(output).all() and int(output.argmax()) == 0
+    # Nobody claims, and the highest own score is the lowest float itself: the decision is raised above it.
+    scores = [torch.tensor([[lowest, 0.0]]), torch.tensor([[lowest, 0.0]])]
+    output = vote(scores, part_labels, ir.LabelSet((0, 1)))
+    assert torch.isfinite(output).all() and int(output.argmax()) == 0
 
 
 PER_CLASS = """
@@ -364,3 +386,41 @@ compose voted : C[Digit] = vote(m0, m1) {
     voted = spec.bind("voted", parts={"m0": Const([0.2, 0.8]), "m1": Const([0.1, 0.7, 0.2])}, replay_dir=None)
     [skipped] = voted.boundary.skipped
     assert skipped.clause.kind == "ensures" and "mdl test" in skipped.reason
+
+
+def test_parts_named_like_module_methods_bind_and_run(tmp_path):
+    spec = load_text(tmp_path, PER_CLASS + """
+interface Step {
+  input  x: Image
+  output y: Image
+}
+module half : Step
+module cpu : Step
+module keys : Step
+compose chain : Step = half >> cpu >> keys
+""")
+    parts = {"half": Lambda(lambda x: x / 2), "cpu": Lambda(lambda x: x + 0.25), "keys": Lambda(lambda x: x * 1)}
+    chain = spec.bind("chain", parts=parts, mode="record", replay_dir=None)
+    assert chain(torch.ones(2, 4)).tolist() == [[0.75] * 4] * 2 and chain.reports == []
+    state = chain.state_dict()
+    chain.load_state_dict(state)
+
+
+def test_an_exception_out_of_a_part_says_which_part_raised_it(tmp_path):
+    spec = load_text(tmp_path, PER_CLASS + """
+interface Step {
+  input  x: Image
+  output y: Image
+}
+module ok : Step
+module broken : Step
+compose chain : Step = ok >> broken
+""")
+
+    def fail(x):
+        raise ValueError("bad weights")
+
+    chain = spec.bind("chain", parts={"ok": Lambda(lambda x: x), "broken": Lambda(fail)}, replay_dir=None)
+    with pytest.raises(ValueError, match="bad weights") as raised:
+        chain(torch.ones(2, 4))
+    assert getattr(raised.value, "__notes__", None) == ["mdl: raised inside the part chain > broken"]
