@@ -112,6 +112,9 @@ CODES: dict[str, str] = {
     "E0604": "`replace` by a module that is not a behavioural subtype",
     "E0605": "dimension equations with no solution",
     "W0601": "spec proof undecided",
+    "W0602": "composition admits inputs its first parts reject",
+    "W0603": "composition's parts do not establish its `ensures`",
+    "W0604": "composition's parts do not have its declared shapes",
     # mdl verify (mdl_lang/verify)
     # modular workflows (mdl_lang/modular): decompose, compose, replace, demo
 }

@@ -698,7 +698,8 @@ class Implication:
     """A claim the checker could not settle by itself: `premise` implies `conclusion`.
 
     `kind` is `pipe` (a's ensures imply b's requires), `subtype-requires`,
-    `subtype-ensures` (behavioural subtyping), `replace`, or `dims` (an equation to solve).
+    `subtype-ensures` (behavioural subtyping), `replace`, `interface` (a composition's parts keep
+    the interface it declares), or `dims` (an equation to solve).
     """
 
     kind: str

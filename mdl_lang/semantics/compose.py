@@ -105,6 +105,13 @@ class _Builder:
             self.decl.members, env, f"composition {self.symbol.name}", taken=taken,
         )
         self.owner.components.check_data_clauses(interface.clauses + clauses, interface, self.symbol.name)
+        # The interface is the composition's own contract: its requires must give its first parts what they
+        # need, and its last part must establish its ensures and output shapes. Unification above only
+        # binds dims; whether the parts' contracts imply the interface's is for the Z3 backend.
+        self.owner.obligations.append(ir.Implication(
+            "interface", f"{self.symbol.name} : {interface.name}", "kept by its parts", self.decl.expr.span,
+            composition=self.symbol.name,
+        ))
         return ir.Composition(
             self.symbol.name, interface, signature.node, clauses, costs, self.symbol.scope.path,
             tuple(dict.fromkeys(signature.parts)), self.decl.span,
@@ -325,7 +332,7 @@ class _Builder:
                 help=f"its parts are {', '.join(inner)}" if inner else f"`{base.name}` is a module, not a composition",
             )
             return None
-        if not _same_interface(old.interface, new.interface):
+        if not _same_ports(old.interface, new.interface):
             self.reporter.error(
                 "E0509", f"`{node.new.dotted}` implements {new.interface.name}, but `{node.old.dotted}` "
                 f"implements {old.interface.name}", node.new.span,
@@ -438,22 +445,30 @@ def _stages(node: ir.CompNode) -> tuple[ir.CompNode, ...]:
 
 
 def _port_differences(old: ir.Interface, new: ir.Interface) -> list[str]:
-    """Where two interfaces differ, port by port: what E0509 shows when their names read the same."""
+    """Where two interfaces' ports differ, port by port: what E0509 shows when their names read the same."""
     if len(old.ports) != len(new.ports):
         return [f"{len(new.ports)} ports against {len(old.ports)}"]
     return [
         f"port `{b.name}`: {b.direction} {_shown(b.type)} against {a.direction} `{a.name}` {_shown(a.type)}"
-        for a, b in zip(old.ports, new.ports, strict=True)
-        if a.name != b.name or a.direction != b.direction or a.type.describe() != b.type.describe()
+        for a, b in zip(old.ports, new.ports, strict=True) if not _same_port(a, b)
     ]
 
 
-def _same_interface(old: ir.Interface, new: ir.Interface) -> bool:
-    """Ports alike in name, direction and type. Names of interfaces prove nothing: two files may
-    each declare a `Classifier`, one over logits and one over probabilities."""
+def _same_ports(old: ir.Interface, new: ir.Interface) -> bool:
+    """Ports alike in name, direction, shape and dtype: what a replacement must keep to be wired in where
+    the old part was. Their value ranges and `finite` may differ, as their clauses may: a behavioural
+    subtype (LANGUAGE.md section 4) reads a wider range and produces a narrower one, which the Z3 backend
+    proves with the clauses (E0604). Names of interfaces prove nothing: two files may each declare a
+    `Classifier`, one over logits and one over probabilities."""
     if len(old.ports) != len(new.ports):
         return False
-    return all(
-        a.name == b.name and a.direction == b.direction and a.type.describe() == b.type.describe()
-        for a, b in zip(old.ports, new.ports, strict=True)
-    )
+    return all(_same_port(a, b) for a, b in zip(old.ports, new.ports, strict=True))
+
+
+def _same_port(old: ir.Port, new: ir.Port) -> bool:
+    return old.name == new.name and old.direction == new.direction and _unrefined(old.type) == _unrefined(new.type)
+
+
+def _unrefined(tensor: ir.TensorType) -> str:
+    """A port type's shape and dtype, as written, without its value range and `finite`."""
+    return replace(tensor, value_range=None, finite=False).describe()

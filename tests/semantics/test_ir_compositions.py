@@ -42,7 +42,7 @@ compose experts : Classifier[Digit] = vote(low, high)
 compose wider : Classifier[Digit | Garment] = vote(cnn, garment_net)
 compose both : Classifier[Digit] = vote(cnn, experts, overlap=max)
 compose repaired : Classifier[Digit] = replace(experts, high, high_v2) {
-  ensures sum(y) <= 2
+  ensures sum(y) <= 10
 }
 compose cleaned : Classifier[Digit] = normalize >> replace(pipeline, denoise, normalize)
 """

@@ -33,6 +33,8 @@ from mdl_lang.backends.z3.solve import (
     Settings,
     TensorVar,
     conflicting_dims,
+    dims_follow,
+    part_dims,
     plain_dims,
     render_model,
     solve_dims,
@@ -142,6 +144,27 @@ class _Tensors:
                 if assumed:
                     self.assumed.setdefault(party, set()).add(dim.name)
 
+    def link(self, ports: tuple[ir.Port, ...], party: str, sources: tuple[ir.Port, ...], source_party: str,
+             owner: str = "") -> list[int]:
+        """One tensor per port of `party` (named as it names them), each also port `sources[i]` of
+        `source_party` when there is one: the ports `>>` or a composition's interface connects. Each is
+        sized by the port's type where the party's dims fix it, else by the source's (`_` on one side is
+        sized by the other), else with free dims at the size tried; both parties' dims are bound to it."""
+        positions = []
+        for index, port in enumerate(ports):
+            source = sources[index] if index < len(sources) else None
+            shape, origin = self.shape(port.type, party, fill=False), (port.type, party)
+            if shape is None and source is not None:
+                shape, origin = self.shape(source.type, source_party, fill=False), (source.type, source_party)
+            if shape is None:
+                shape, origin = self.shape(port.type, party, fill=True) or (), (port.type, party)
+            free = self.free_axes(*origin)
+            self.bind(port.type, shape, party, free)
+            if source is not None:
+                self.bind(source.type, shape, source_party, free)
+            positions.append(self.add(port.name, port.type, shape, party, owner, sized_by=origin))
+        return positions
+
     def query(self, premises: list[Fact], goal: Fact | None) -> Query:
         return Query(tuple(self.vars), tuple(premises), goal)
 
@@ -180,6 +203,18 @@ def _free_in(dim: ir.Dim, assumed: set[str]) -> list[str]:
         case ir.DimLabels(labels=labels) if labels.opaque:
             return [str(dim)]
     return []
+
+
+def _range_goals(kind: str, ports: tuple[ir.Port, ...], others: tuple[ir.Port, ...],
+                 positions: list[int]) -> list[Goal]:
+    """The value ranges of `ports` (at `positions`) as goals, where the matching port of `others` has another
+    range: a range both sides declare alike holds by itself."""
+    return [
+        Goal(f"{kind} type `{port.name}: {port.type.describe()}`", f"type of {port.name}", port.span,
+             Fact(None, tensor=position, value_range=port.type.value_range))
+        for port, other, position in zip(ports, others, positions, strict=True)
+        if port.type.value_range is not None and port.type.value_range != other.type.value_range
+    ]
 
 
 def _tried(free: tuple[str, ...]) -> str:
@@ -227,6 +262,8 @@ class SpecProofs:
                 self.pipe(spec, obligation)
             elif obligation.kind == "replace":
                 self.replace(spec, obligation)
+            elif obligation.kind == "interface":
+                self.interface(spec, obligation)
             elif obligation.kind == "dims" and obligation.equation is not None:
                 equations.setdefault(obligation.composition, []).append(obligation)
         for composition, undecided in equations.items():
@@ -337,21 +374,8 @@ class SpecProofs:
             return
         tensors = _Tensors()
         first = conclusions[0]
-        link = []
-        for index, port in enumerate(first.inputs):
-            source = premise.outputs[index] if premise and index < len(premise.outputs) else None
-            # The link's shape, and whose type it comes from (`_` in one side is sized by the other).
-            shape, origin = tensors.shape(port.type, first.name, fill=False), (port.type, first.name)
-            if shape is None and source is not None:
-                shape = tensors.shape(source.type, premise.name, fill=False)  # type: ignore[union-attr]
-                origin = (source.type, premise.name)  # type: ignore[union-attr]
-            if shape is None:
-                shape, origin = tensors.shape(port.type, first.name, fill=True) or (), (port.type, first.name)
-            free = tensors.free_axes(*origin)
-            tensors.bind(port.type, shape, first.name, free)
-            if source is not None:
-                tensors.bind(source.type, shape, premise.name, free)  # type: ignore[union-attr]
-            link.append(tensors.add(port.name, port.type, shape, first.name, sized_by=origin))
+        link = tensors.link(first.inputs, first.name, premise.outputs if premise else (),
+                            premise.name if premise else "")
         premises: list[Fact] = []
         if premise is not None:
             inputs = [tensors.add(port.name, port.type, tensors.shape(port.type, premise.name, fill=True) or (),
@@ -365,17 +389,20 @@ class SpecProofs:
             premises += _range_facts(_voted_ports(spec, obligation.premise_node), link[:1])
         left = premise.name if premise is not None else _node_name(obligation.premise_node)
         for party in conclusions:
-            ports = _ports(party.inputs, link)
-            goals = [
-                Goal(f"input type `{port.name}: {port.type.describe()}`", f"type of {port.name}", port.span,
-                     Fact(None, tensor=position, value_range=port.type.value_range))
-                for port, position in zip(party.inputs, link, strict=True) if port.type.value_range is not None
-            ]
-            goals += [Goal(f"`requires {self._text(c)}`", c.name, c.span, Fact(c.expr, ports))
-                      for c in party.clauses("requires")]
-            for goal in goals:
+            for goal in self._input_goals(party, link):
                 outcome = self._answer(tensors.query(premises, goal.fact))
                 self._pipe_outcome(obligation, left, party.name, goal, outcome, _renamings(premise, party))
+
+    def _input_goals(self, party: Party, link: list[int]) -> list[Goal]:
+        """What a part needs of the tensors `link` it reads: its input types' value ranges and its requires."""
+        ports = _ports(party.inputs, link)
+        goals = [
+            Goal(f"input type `{port.name}: {port.type.describe()}`", f"type of {port.name}", port.span,
+                 Fact(None, tensor=position, value_range=port.type.value_range))
+            for port, position in zip(party.inputs, link, strict=True) if port.type.value_range is not None
+        ]
+        return goals + [Goal(f"`requires {self._text(c)}`", c.name, c.span, Fact(c.expr, ports))
+                        for c in party.clauses("requires")]
 
     def _pipe_outcome(self, obligation: ir.Implication, left: str, right: str, goal: Goal, outcome: Outcome,
                       renamings: tuple[Note, ...]) -> None:
@@ -398,6 +425,204 @@ class SpecProofs:
                 "E0602", message, obligation.span, notes=(Note(f"`{right}` requires this", goal.span), *renamings),
                 help=f"strengthen the ensures of `{left}`, weaken the requires of `{right}`, or put a stage between "
                 "them that establishes it",
+            ))
+
+    # ------------------------------------------------------------ a composition against its own interface
+
+    def interface(self, spec: ir.Spec, obligation: ir.Implication) -> None:
+        """A composition keeps the interface it declares: its requires and input types give its first parts
+        what they need (W0602), its parts' contracts establish its ensures and output types (W0603), and its
+        parts' dims its declared shapes (W0604). Warnings, not errors: such a composition runs, and its
+        monitor blames it (LANGUAGE.md section 7), which is what a spec may bind it to watch."""
+        composition = spec.component(obligation.composition)
+        if not isinstance(composition, ir.Composition):
+            return
+        self._entry(spec, composition, obligation.span)
+        self._exit(spec, composition, obligation.span)
+        self._interface_dims(spec, composition, obligation.span)
+
+    def _entry(self, spec: ir.Spec, composition: ir.Composition, span: Span) -> None:
+        """Every input the composition admits (its input types and requires) keeps the input types and
+        requires of each part that reads it: a pipeline's first stage, every part of a vote."""
+        conclusions = _conclusion_parties(spec, composition.expr, {})
+        if not conclusions:
+            return
+        whole = Party(composition.name, composition)
+        tensors = _Tensors()
+        link = tensors.link(conclusions[0].inputs, conclusions[0].name, whole.inputs, whole.name)
+        premises = _range_facts(whole.inputs, link)
+        premises += [Fact(c.expr, _ports(whole.inputs, link)) for c in whole.clauses("requires")]
+        for party in conclusions:
+            renamings = tuple(Note(f"`{port.name}` is `{whole.name}`'s input `{source.name}`")
+                              for source, port in zip(whole.inputs, party.inputs, strict=False)
+                              if source.name != port.name)
+            for goal in self._input_goals(party, link):
+                outcome = self._answer(tensors.query(premises, goal.fact))
+                self._entry_outcome(whole, party.name, goal, outcome, span, renamings)
+
+    def _entry_outcome(self, whole: Party, part: str, goal: Goal, outcome: Outcome, span: Span,
+                       renamings: tuple[Note, ...]) -> None:
+        owner, question = whole.name, f"`{whole.name}`'s requires and input types imply `{part}`'s {goal.text}"
+        if outcome.answer is Answer.PROVED:
+            self._goal_result(owner, goal, Verdict.PASS, question, None)
+            return
+        if outcome.answer is Answer.UNKNOWN:
+            self._unknown(owner, None, "requires", f"whether {question}", outcome, span, goal)
+            return
+        model = render_model(outcome.model)
+        message = f"`{owner}` admits inputs its part `{part}` rejects: {model} " \
+                  f"{verb(outcome.model, 'satisfies', 'satisfy')} `{owner}`'s requires and input types but " \
+                  f"{verb(outcome.model, 'breaks', 'break')} `{part}`'s {goal.text}"
+        blame = Blame(owner, Role.COMPOSITION, (owner, part), f"its interface admits inputs `{part}` rejects")
+        self._goal_result(owner, goal, Verdict.FAIL, message, blame)
+        if self._once("W0602", span, goal.span):
+            self.diagnostics.append(Diagnostic(
+                "W0602", message, span, notes=(Note(f"`{part}` requires this", goal.span), *renamings),
+                help=f"weaken the requires of `{part}`, or strengthen the requires or input types of `{owner}` "
+                f"(its interface {whole.component.interface.name}); as it stands the monitor blames `{owner}` "
+                "for such inputs",
+            ))
+
+    def _exit(self, spec: ir.Spec, composition: ir.Composition, span: Span) -> None:
+        """Whenever the composition's requires and every part's contract hold, its output types and ensures
+        (its interface's and its own block's) hold too. The whole chain of stages is encoded, so that an
+        ensures relating the output to the composition's input (`z == x`) can be proved. A vote's output is
+        not any one part's output: only its value range is known, so a chain through a vote proves or skips,
+        never refutes."""
+        whole = Party(composition.name, composition)
+        ensures = whole.clauses("ensures")
+        if not ensures and all(port.type.value_range is None for port in whole.outputs):
+            return
+        stages = _chain(spec, composition.expr, {})
+        if not stages:
+            return
+        tensors = _Tensors()
+        keys = [f"{index}:{stage.name}" for index, stage in enumerate(stages)]
+        head = tensors.link(whole.inputs, whole.name, stages[0].inputs, keys[0])
+        premises: list[Fact] = []
+        inputs = head
+        for index, stage in enumerate(stages):
+            if index + 1 < len(stages):
+                following = stages[index + 1]
+                outputs = tensors.link(following.inputs, keys[index + 1], stage.outputs, keys[index], following.name)
+            else:
+                outputs = tensors.link(whole.outputs, whole.name, stage.outputs, keys[index], whole.name)
+            premises += _stage_facts(stage, inputs, outputs)
+            inputs = outputs
+        ports = _ports(whole.inputs, head) + _ports(whole.outputs, inputs)
+        premises += _range_facts(whole.inputs, head) + [Fact(c.expr, ports) for c in whole.clauses("requires")]
+        goals = [
+            Goal(f"output type `{port.name}: {port.type.describe()}`", f"type of {port.name}", port.span,
+                 Fact(None, tensor=position, value_range=port.type.value_range))
+            for port, position in zip(whole.outputs, inputs, strict=True) if port.type.value_range is not None
+        ]
+        goals += [Goal(f"`ensures {self._text(c)}`", c.name, c.span, Fact(c.expr, ports)) for c in ensures]
+        exact = all(stage.party is not None for stage in stages)
+        for goal in goals:
+            outcome = self._answer(tensors.query(premises, goal.fact))
+            self._exit_outcome(composition, stages[-1].name, goal, outcome, span, exact)
+
+    def _exit_outcome(self, composition: ir.Composition, last: str, goal: Goal, outcome: Outcome, span: Span,
+                      exact: bool) -> None:
+        owner, parts = composition.name, _node_name(composition.expr)
+        if outcome.answer is Answer.PROVED:
+            self._goal_result(owner, goal, Verdict.PASS, f"the contracts of `{parts}` establish `{owner}`'s "
+                              f"{goal.text}", None, "ensures")
+            return
+        if not exact:
+            self._goal_result(owner, goal, Verdict.SKIP, f"whether `{parts}` establishes `{owner}`'s {goal.text} "
+                              "is left to the monitor and `mdl test`: a vote's output is not any one part's "
+                              "output, and its value range alone does not settle it", None, "ensures")
+            return
+        if outcome.answer is Answer.UNKNOWN:
+            self._unknown(owner, None, "ensures", f"whether the contracts of `{parts}` establish `{owner}`'s "
+                          f"{goal.text}", outcome, span, goal)
+            return
+        model = render_model(outcome.model)
+        message = f"`{owner}`'s parts do not establish what it promises: {model} " \
+                  f"{verb(outcome.model, 'satisfies', 'satisfy')} the contracts of `{parts}` but " \
+                  f"{verb(outcome.model, 'breaks', 'break')} `{owner}`'s {goal.text}"
+        blame = Blame(owner, Role.COMPOSITION, (owner,), "its parts' contracts are too weak to establish it")
+        self._goal_result(owner, goal, Verdict.FAIL, message, blame, "ensures")
+        if self._once("W0603", span, goal.span):
+            self.diagnostics.append(Diagnostic(
+                "W0603", message, span, notes=(Note(f"`{owner}` promises this", goal.span),),
+                help=f"strengthen the ensures of `{last}` (its last part), weaken what `{owner}` "
+                "promises, or add a stage that establishes it; as it stands the monitor blames "
+                f"`{owner}` whenever its parts' output breaks it",
+            ))
+
+    def _interface_dims(self, spec: ir.Spec, composition: ir.Composition, span: Span) -> None:
+        """The dims of the declared interface against its parts'. Unification binds a dim of either side to
+        the other's; here the interface's input dims are the caller's to choose (for every size it admits,
+        some sizes of the parts' dims must fit every connection), and its output dims are a promise (for
+        every sizes that fit, the parts' output has the declared shape; a dim only the interface's outputs
+        name may take any size). A dim a part's output alone names (`T` of `[B, S] -> [B, T]`) is the
+        part's to choose, so it establishes nothing about the declared shape."""
+        sides = _CompositionDims(spec).sides(composition)
+        if sides is None:
+            return
+        internal, entry, exit_ = sides
+        given = internal + entry
+        timeout = self.prover.settings.timeout_ms
+        if solve_dims(_pairs(given + exit_), timeout).answer is Answer.REFUTED:
+            return  # no sizes at all: the front end's E0511 or E0605 of `dims` says so
+        parts_dims = frozenset(name for equation in given + exit_ for name in equation.names if "#" in name)
+        # A side whose equations name no symbolic dim was compared by the front end already (E0510).
+        if any(equation.names for equation in entry):
+            outcome, _ = dims_follow([], _pairs(given), parts_dims, timeout)
+            self._interface_dims_outcome(composition, "input", outcome, entry, None, parts_dims, span)
+        if any(equation.names for equation in exit_):
+            bound = {name for equation in given for name in equation.names}
+            promised = frozenset(name for equation in exit_ for name in equation.names
+                                 if "#" not in name and name not in bound)
+            outcome, broken = dims_follow(_pairs(given), _pairs(exit_), promised, timeout)
+            self._interface_dims_outcome(composition, "output", outcome, exit_,
+                                         exit_[broken] if broken is not None else None, parts_dims, span)
+
+    def _interface_dims_outcome(self, composition: ir.Composition, side: str, outcome: Outcome,
+                                equations: list[DimEquation], broken: DimEquation | None, parts_dims: frozenset[str],
+                                span: Span) -> None:
+        name, parts = composition.name, _node_name(composition.expr)
+        clause = f"{side} dims"
+        ports = composition.interface.inputs if side == "input" else composition.interface.outputs
+        declared = Note(f"{composition.interface.name} declares the {side} shapes here", ports[0].span)
+        if outcome.answer is Answer.PROVED:
+            self.results.append(Result(name, clause, "dims", "static", "z3", Verdict.PASS, span,
+                                       f"the dims of `{parts}` fit the {side} shapes of {composition.interface.name}"))
+            return
+        shapes = ", ".join(f"`{equation.shown}` ({equation.origin})" for equation in equations)
+        if outcome.answer is Answer.UNKNOWN:
+            message = f"cannot decide whether the dims of `{parts}` fit the {side} shapes of `{name}`'s interface " \
+                      f"({shapes}): {outcome.reason}"
+            self.results.append(Result(name, clause, "dims", "static", "z3", Verdict.UNKNOWN, span, message))
+            if self._once("W0601", span, declared.span):
+                self.diagnostics.append(Diagnostic(
+                    "W0601", message, span, notes=(declared,),
+                    help="Z3 decides linear equations between dims; give the dims a constant size or a linear "
+                    "relation, or let the monitor check the shapes at run time",
+                ))
+            return
+        # The interface's dims, and those of the equation the sizes break: the other parts' dims are noise.
+        hidden = {part_dims(name) for name in parts_dims} - {part_dims(name) for name in broken.names} \
+            if broken is not None else {part_dims(name) for name in parts_dims}
+        sizes = render_model(tuple((dim, size) for dim, size in outcome.model if dim not in hidden))
+        if side == "input":
+            message = f"`{name}` admits input shapes its parts reject: with {sizes}, which its interface " \
+                      f"admits, no sizes of the dims of `{parts}` fit both its inputs and its connections"
+            fix = "give the interface's inputs the shape its first part reads, or change that part"
+        else:
+            breaks = f"`{broken.shown}` ({broken.origin})" if broken is not None else shapes
+            message = f"`{name}`'s parts do not always produce its declared output shape: with {sizes}, which " \
+                      f"the shapes of `{parts}` allow, {breaks} fails"
+            fix = "give the interface's outputs the shape its last part produces (a dim that only the " \
+                  "interface's outputs name may take any size), or change that part"
+        blame = Blame(name, Role.COMPOSITION, (name,), f"its parts do not produce the {side} shapes it declares")
+        self.results.append(Result(name, clause, "dims", "static", "z3", Verdict.FAIL, span, message, blame))
+        if self._once("W0604", span, declared.span):
+            self.diagnostics.append(Diagnostic(
+                "W0604", message, span, notes=(declared,),
+                help=f"{fix}; as it stands the monitor blames `{name}` for such shapes",
             ))
 
     # ------------------------------------------------------------ subtyping
@@ -424,7 +649,11 @@ class SpecProofs:
                                   f"module `{party.name}` strengthens the `requires` of {interface.name}", "requires")
 
     def replace(self, spec: ir.Spec, obligation: ir.Implication) -> None:
-        """`replace(c, old, new)`: old's requires imply new's; new's ensures, where both requires hold, imply old's."""
+        """`replace(c, old, new)`: old's requires imply new's; new's ensures, where both requires hold, imply old's.
+
+        The two have the same ports (E0509 otherwise), but their value ranges may differ: new's input types are
+        requires (old's input types and requires must imply them), and old's output types are ensures (new's
+        must imply them). (`finite` is kept as a `finite(...)` clause is: proofs hold over the reals.)"""
         new = _premise_party(spec, obligation.premise_node, {})
         old = _premise_party(spec, obligation.conclusion_node, {})
         if new is None or old is None:
@@ -440,15 +669,19 @@ class SpecProofs:
                    if port.direction == "output"]
         premises = _range_facts(old.inputs, inputs) + [Fact(c.expr, old_ports) for c in old.clauses("requires")]
         what = f"`{new.name}` is not a behavioural subtype of `{old.name}`"
-        for clause in new.clauses("requires"):
-            goal = Goal(f"`requires {self._text(clause)}`", clause.name, clause.span, Fact(clause.expr, new_ports))
+        goals = _range_goals("input", new.inputs, old.inputs, inputs)
+        goals += [Goal(f"`requires {self._text(c)}`", c.name, c.span, Fact(c.expr, new_ports))
+                  for c in new.clauses("requires")]
+        for goal in goals:
             outcome = self._answer(tensors.query(premises, goal.fact))
             self._subtype_outcome(new.name, old.name, goal, outcome, obligation.span, "E0604",
                                   f"{what}: it requires more", "requires")
-        premises += [Fact(c.expr, new_ports) for c in new.clauses("requires")]
+        premises += _range_facts(new.inputs, inputs) + [Fact(c.expr, new_ports) for c in new.clauses("requires")]
         premises += _range_facts(new.outputs, outputs) + [Fact(c.expr, new_ports) for c in new.clauses("ensures")]
-        for clause in old.clauses("ensures"):
-            goal = Goal(f"`ensures {self._text(clause)}`", clause.name, clause.span, Fact(clause.expr, old_ports))
+        goals = _range_goals("output", old.outputs, new.outputs, outputs)
+        goals += [Goal(f"`ensures {self._text(clause)}`", clause.name, clause.span, Fact(clause.expr, old_ports))
+                  for clause in old.clauses("ensures")]
+        for goal in goals:
             outcome = self._answer(tensors.query(premises, goal.fact))
             self._subtype_outcome(new.name, old.name, goal, outcome, obligation.span, "E0604",
                                   f"{what}: it ensures less", "ensures")
@@ -705,6 +938,50 @@ def _conclusion_parties(spec: ir.Spec, node: ir.CompNode | None, replaced: dict[
     return []
 
 
+@dataclass(frozen=True)
+class _Stage:
+    """One stage of a composition as its exit check sees it: a part, whose contract is all that is known
+    of it, or (`party` None) a vote, of whose output only the value range its parts share is known."""
+
+    name: str
+    inputs: tuple[ir.Port, ...]
+    outputs: tuple[ir.Port, ...]
+    party: Party | None = None
+
+
+def _chain(spec: ir.Spec, node: ir.CompNode | None, replaced: dict[str, str]) -> list[_Stage] | None:
+    """The stages a composed expression runs, in order (nested pipelines flattened, a replaced part by its
+    replacement, a vote as one stage), or None when a part cannot be found."""
+    match node:
+        case ir.PartRef(name=name):
+            party = _resolve(spec, name, replaced)
+            return [_Stage(party.name, party.inputs, party.outputs, party)] if party is not None else None
+        case ir.Pipeline(stages=stages):
+            flat: list[_Stage] = []
+            for stage in stages:
+                chain = _chain(spec, stage, replaced)
+                if not chain:
+                    return None
+                flat += chain
+            return flat
+        case ir.ReplaceNode(base=base, old=old, new=new):
+            return _chain(spec, base, {**replaced, old: new})
+        case ir.VoteNode(parts=parts) if parts:
+            first = _chain(spec, parts[0], replaced)
+            return [_Stage(_node_name(node), first[0].inputs, first[-1].outputs[:1])] if first else None
+    return None
+
+
+def _stage_facts(stage: _Stage, inputs: list[int], outputs: list[int]) -> list[Fact]:
+    """What holds of a stage's tensors when its contract does: its port types' ranges, requires and ensures;
+    of a vote's, its output's value range (it stays in its parts' shared range)."""
+    if stage.party is None:
+        return _range_facts(stage.outputs, outputs)
+    ports = _ports(stage.inputs, inputs) + _ports(stage.outputs, outputs)
+    return (_range_facts(stage.inputs, inputs) + [Fact(c.expr, ports) for c in stage.party.clauses("requires")]
+            + _range_facts(stage.outputs, outputs) + [Fact(c.expr, ports) for c in stage.party.clauses("ensures")])
+
+
 def _renamings(premise: Party | None, party: Party) -> tuple[Note, ...]:
     """`x` is `a`'s output `z`: counter-models name connected ports as the requiring part does."""
     if premise is None:
@@ -744,6 +1021,29 @@ class DimEquation:
     def text(self) -> str:
         return plain_dims(f"{self.left} == {self.right}")
 
+    @property
+    def shown(self) -> str:
+        """The equation with each part's dims named by their part (`a.T == S`)."""
+        return part_dims(f"{self.left} == {self.right}")
+
+    @property
+    def names(self) -> set[str]:
+        """The symbolic dims it relates, as renamed apart (`a#1:T`)."""
+        return _dim_names(self.left) | _dim_names(self.right)
+
+
+def _dim_names(dim: ir.Dim) -> set[str]:
+    match dim:
+        case ir.DimVar(name=name):
+            return {name}
+        case ir.DimBinary(left=left, right=right):
+            return _dim_names(left) | _dim_names(right)
+    return set()
+
+
+def _pairs(equations: list[DimEquation]) -> list[tuple[ir.Dim, ir.Dim]]:
+    return [(equation.left, equation.right) for equation in equations]
+
 
 class _CompositionDims:
     """The dim equations of one composition, re-derived as the front end makes them: each use of a part
@@ -758,16 +1058,25 @@ class _CompositionDims:
         self.equations: list[DimEquation] = []
 
     def equations_of(self, composition: ir.Composition) -> list[DimEquation]:
+        sides = self.sides(composition)
+        return [] if sides is None else [equation for side in sides for equation in side]
+
+    def sides(self, composition: ir.Composition) -> tuple[list[DimEquation], ...] | None:
+        """The equations the composition makes inside (its connections, its votes' inputs), then those its
+        interface's input ports make, then those its output ports make."""
         signature = self._signature(composition.expr)
         if signature is None:
-            return []
+            return None
+        sides = [list(self.equations)]
         interface = composition.interface
         for kind, mine, declared in (("input", signature[0], interface.inputs),
                                      ("output", signature[1], interface.outputs)):
+            before = len(self.equations)
             for dims, port in zip(mine, declared, strict=False):
                 self._equate(dims, port.type.dims, composition.expr.span,
                              f"{kind} `{port.name}` of {interface.name}")
-        return self.equations
+            sides.append(self.equations[before:])
+        return tuple(sides)
 
     def _signature(self, node: ir.CompNode) -> tuple[list[tuple[ir.Dim, ...]], list[tuple[ir.Dim, ...]]] | None:
         """The dims of what a node reads and produces; equations of its inner connections are recorded."""
@@ -803,7 +1112,7 @@ class _CompositionDims:
                 scores = first[1][0]  # type: ignore[index]
                 return first[0], [(*scores[:-1], ir.DimLabels(labels))]  # type: ignore[index]
             case ir.ReplaceNode(base=base):
-                return self._signature(base)  # the new part has the old one's interface
+                return self._signature(base)  # the new part has the old one's ports (E0509 otherwise)
         return None
 
     def _equate(self, left: tuple[ir.Dim, ...], right: tuple[ir.Dim, ...], span: Span, origin: str) -> None:

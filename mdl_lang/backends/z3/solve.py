@@ -9,7 +9,7 @@ are unsatisfiable) or, without a goal, a satisfiability question (vacuity).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -258,9 +258,10 @@ def solve_dims(equations: list[tuple[ir.Dim, ir.Dim]], timeout_ms: int) -> Outco
     solver.set("timeout", timeout_ms)
     try:
         for left, right in equations:
-            solver.add(_dim(left, names, solver) == _dim(right, names, solver))
+            solver.add(_dim(left, names) == _dim(right, names))
     except Unsupported as error:
         return Outcome(Answer.UNKNOWN, str(error))
+    solver.add(*_positive(names.values()))
     status = solver.check()
     if status == z3.unsat:
         return Outcome(Answer.REFUTED)
@@ -284,10 +285,11 @@ def conflicting_dims(equations: list[tuple[ir.Dim, ir.Dim]], timeout_ms: int) ->
     try:
         for position, (left, right) in enumerate(equations):
             marker = z3.Bool(f"equation{position}")
-            solver.add(z3.Implies(marker, _dim(left, names, solver) == _dim(right, names, solver)))
+            solver.add(z3.Implies(marker, _dim(left, names) == _dim(right, names)))
             markers.append(marker)
     except Unsupported:
         return ()
+    solver.add(*_positive(names.values()))
     if solver.check(*markers) != z3.unsat:
         return ()
     core = {str(marker) for marker in solver.unsat_core()}
@@ -303,19 +305,87 @@ def plain_dims(text: str) -> str:
     return _RENAMED_DIM.sub("", text)
 
 
-def _dim(dim: ir.Dim, names: dict[str, z3.ArithRef], solver: z3.Solver) -> z3.ArithRef:
-    """A dim as a Z3 integer; each symbolic dim is a positive unknown."""
+def _dim(dim: ir.Dim, names: dict[str, z3.ArithRef]) -> z3.ArithRef:
+    """A dim as a Z3 integer; each symbolic dim is an unknown, added to `names` (the callers say it is
+    positive, inside or outside a quantifier)."""
     match dim:
         case ir.DimConst(value=value):
             return z3.IntVal(value)
         case ir.DimVar(name=name):
             if name not in names:
                 names[name] = z3.Int(name)
-                solver.add(names[name] >= 1)
             return names[name]
         case ir.DimLabels(labels=labels) if not labels.opaque:
             return z3.IntVal(len(labels))
         case ir.DimBinary(op=op, left=left, right=right):
-            a, b = _dim(left, names, solver), _dim(right, names, solver)
+            a, b = _dim(left, names), _dim(right, names)
             return {"+": a + b, "-": a - b, "*": a * b}[op] if op != "//" else a / b
     raise Unsupported(f"the dim `{dim}` has no size to solve for")
+
+
+def _positive(dims: Iterable[z3.ArithRef]) -> list[z3.BoolRef]:
+    """Every dim is a positive integer."""
+    return [dim >= 1 for dim in dims]
+
+
+def dims_follow(given: list[tuple[ir.Dim, ir.Dim]], wanted: list[tuple[ir.Dim, ir.Dim]],
+                chosen: frozenset[str], timeout_ms: int) -> tuple[Outcome, int | None]:
+    """Whether for all positive sizes of the dims that solve `given`, some positive sizes of the dims named
+    in `chosen` solve `wanted` as well. (Dims in `chosen` must not occur in `given`.)
+
+    Proved; refuted with sizes of the other dims (named as `part_dims` shows them) that leave `wanted`
+    without a solution, and, when nothing is `chosen`, the position of the first equation of `wanted` they
+    break; or unknown: quantified non-linear integer arithmetic is undecidable, and Z3 says so, never guesses."""
+    names: dict[str, z3.ArithRef] = {}
+    try:
+        premises = [_dim(left, names) == _dim(right, names) for left, right in given]
+        goals = [_dim(left, names) == _dim(right, names) for left, right in wanted]
+    except Unsupported as error:
+        return Outcome(Answer.UNKNOWN, str(error)), None
+    inner = [var for name, var in names.items() if name in chosen]
+    outer = [var for name, var in names.items() if name not in chosen]
+    unsolved: z3.BoolRef = z3.Not(z3.And(*goals))
+    if inner:
+        unsolved = z3.ForAll(inner, z3.Implies(z3.And(*_positive(inner)), unsolved))
+    solver = z3.Solver()
+    solver.set("timeout", timeout_ms)
+    solver.add(*_positive(outer), *premises, unsolved)
+    status = solver.check()
+    if status == z3.unsat:
+        return Outcome(Answer.PROVED), None
+    if status == z3.unknown:
+        return Outcome(Answer.UNKNOWN, "timeout" if solver.reason_unknown() in ("timeout", "canceled")
+                       else "non-linear: " + solver.reason_unknown()), None
+    model = _smallest(solver, outer)
+    sizes = tuple((part_dims(str(var)), _value_text(model.eval(var, model_completion=True))) for var in outer)
+    broken = None if inner else next(
+        (position for position, goal in enumerate(goals) if z3.is_false(model.eval(goal, model_completion=True))),
+        None)
+    return Outcome(Answer.REFUTED, model=sizes), broken
+
+
+def _smallest(solver: z3.Solver, dims: list[z3.ArithRef]) -> z3.ModelRef:
+    """A model of a satisfiable solver with each dim in turn as small as Z3 can show it to be (a binary search
+    below the size of the model before): a counter-model that reads `S = 1`, whatever the order of Z3's
+    search. Each bound added was satisfiable when added; should Z3 time out on the way, the last model
+    found stands."""
+    model = solver.model()
+    for dim in dims:
+        low, high = 1, model.eval(dim, model_completion=True).as_long()
+        while low < high:
+            middle = (low + high) // 2
+            if solver.check(dim <= middle) == z3.sat:
+                high = middle
+            else:
+                low = middle + 1
+        solver.add(dim <= high)
+        if solver.check() != z3.sat:
+            break
+        model = solver.model()
+    return model
+
+
+def part_dims(text: str) -> str:
+    """Text about renamed dims with the part they belong to: `a#1:T == S` is `a.T == S`, so that a part's
+    `T` is told apart from the interface's."""
+    return _RENAMED_DIM.sub(lambda match: match.group(0).split("#")[0] + ".", text)
