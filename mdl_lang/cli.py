@@ -337,8 +337,11 @@ def _run_blame(args: argparse.Namespace) -> int:
         raise UsageError(f"no such file: {args.report}") from error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UsageError(f"{args.report} is not a JSON report: {error}") from error
+    schema = document.get("schema") if isinstance(document, dict) else None
+    if schema is not None and schema != "mdl-report/1":
+        raise UsageError(f"{args.report} is a {schema!r} document, not an mdl-report/1 report")
     # A whole report (its results, maybe none), or one result saved alone.
-    whole = isinstance(document, dict) and ("results" in document or document.get("schema") == "mdl-report/1")
+    whole = isinstance(document, dict) and ("results" in document or schema is not None)
     entries = document.get("results", []) if whole else [document]
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise UsageError(f"{args.report} holds no mdl-report/1 results")
@@ -353,7 +356,7 @@ def _run_blame(args: argparse.Namespace) -> int:
     # A file's own result (`mdl check`) is its diagnostics, shown above; it counts for the exit code only.
     shown += [render_result(r) for r in results if r.verdict is not Verdict.PASS and r.clause]
     print("\n\n".join(shown) if shown else "every result passed")
-    errors = any(entry.get("severity") == "error" for entry in diagnostics)
+    errors = any(entry.get("severity", "error") == "error" for entry in diagnostics)  # as shown above
     return EXIT_FAILED if errors or any(r.verdict is Verdict.FAIL for r in results) else EXIT_OK
 
 

@@ -70,7 +70,11 @@ def replay(path: Path, spec_path: Path | None = None) -> ReplayOutcome:
     except FileNotFoundError as error:
         raise ReplayError(f"no such replay file: {path}") from error
     except Exception as error:
-        raise ReplayError(f"{path} is not an mdl replay file: {error}") from error
+        # torch's own message is several lines of advice about unpickling untrusted files, not about this one.
+        raise ReplayError(
+            f"{path} is not an mdl replay file (torch.load with weights_only=True cannot read it: "
+            f"{type(error).__name__})"
+        ) from error
     if not isinstance(saved, dict) or saved.get("schema") != "mdl-replay/1":
         raise ReplayError(f"{path} is not an mdl replay file")
     spec_file = spec_path or _recorded_spec(Path(path), saved["spec"])

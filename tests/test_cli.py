@@ -273,3 +273,21 @@ def test_mdl_blame_of_a_report_without_results_says_there_is_nothing_to_blame(tm
     (tmp_path / "empty.json").write_text(json.dumps({"schema": "mdl-report/1"}))
     assert main(["blame", str(tmp_path / "empty.json")]) == 0
     assert "malformed" not in capsys.readouterr().err
+
+
+def test_mdl_blame_refuses_another_schema_and_counts_a_diagnostic_without_severity_as_shown(tmp_path, capsys) -> None:
+    (tmp_path / "other.json").write_text(json.dumps({"schema": "other/9"}))
+    assert main(["blame", str(tmp_path / "other.json")]) == 2
+    assert "not an mdl-report/1 report" in capsys.readouterr().err
+    report = {"schema": "mdl-report/1", "results": [],
+              "diagnostics": [{"code": "E0101", "message": "unknown name", "file": "a.mdl", "line": 1, "column": 1}]}
+    (tmp_path / "partial.json").write_text(json.dumps(report))
+    assert main(["blame", str(tmp_path / "partial.json")]) == 1
+    assert "error[E0101]" in capsys.readouterr().out
+
+
+def test_mdl_replay_of_a_file_that_is_not_a_replay_is_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "fake.pt").write_text("not a tensor")
+    assert main(["replay", str(tmp_path / "fake.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not an mdl replay file" in err and len(err.splitlines()) == 1
