@@ -51,6 +51,8 @@ class CheckedSpec(ir.Spec):
         A module takes the `nn.Module` that implements it; a composition takes
         its parts by name (`parts={"m0": ..., ...}`) and becomes executable.
         """
+        from torch import nn
+
         from mdl_lang.backends.torch.composed import ComposedModel, CompositionError
         from mdl_lang.backends.torch.monitor import MonitoredModule, MonitorOptions
 
@@ -63,6 +65,9 @@ class CheckedSpec(ir.Spec):
         if isinstance(component, ir.Module):
             if module is None or parts:
                 raise BindError(f"`{name}` is a module: bind it with the nn.Module that implements it")
+            if not isinstance(module, nn.Module):
+                raise BindError(f"`{name}` must be bound to an nn.Module, not a {type(module).__name__}: "
+                                "wrap a function in a module whose forward calls it")
             return MonitoredModule(module, name, component, self.sources, options)
         if module is not None or not parts:
             raise BindError(f"`{name}` is a composition: bind it with its parts, parts={{'part': module, ...}}")

@@ -91,7 +91,16 @@ def replay(path: Path, spec_path: Path | None = None) -> ReplayOutcome:
     model = _bound(spec, name, recorded_path)
     if clause is not None and clause.fragment is ir.Fragment.RELATIONAL:
         return ReplayOutcome(_replay_relational(spec, clause, model, saved), spec.sources)
-    model(*(saved["inputs"][port.name] for port in component.interface.inputs))
+    missing = [port.name for port in component.interface.inputs if port.name not in saved["inputs"]]
+    if missing:
+        raise ReplayError(f"{path} holds no tensor for the input {', '.join(missing)} of `{name}` (the call gave "
+                          "something else): replay it by hand")
+    try:
+        model(*(saved["inputs"][port.name] for port in component.interface.inputs))
+    except TypeError as error:
+        # The replay file holds the ports' tensors only; a module that also took other arguments cannot rerun.
+        raise ReplayError(f"`{name}` cannot be called with its saved inputs alone ({error}): replay it by hand, "
+                          "with the arguments the call had besides its ports") from error
     failures = [r for r in model.reports
                 if r.verdict is Verdict.FAIL and r.component == name and r.clause == saved["clause"]]
     if failures:

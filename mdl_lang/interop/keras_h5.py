@@ -1,14 +1,17 @@
 """Keras 2 HDF5 `Sequential` models of Flatten and Dense layers, loaded as `torch.nn.Sequential`.
 
 Enough Keras to bind the ESEC/FSE 2020 artifacts' models in a spec, no more.
-Anything else fails with `KerasImportError` naming the file, the layer and what
-is supported, so a model is never half imported. h5py is imported only when a
-file is read: it is the optional extra `mdl-lang[keras]`.
+Anything else, a damaged file included, fails with `KerasImportError` naming the
+file, the layer and what is supported, so a model is never half imported. h5py
+is imported only when a file is read: it is the optional extra `mdl-lang[keras]`.
+Keras 3 writes the same layout to a legacy `.h5` file, its weights named
+`kernel` where Keras 2 writes `kernel:0`; both are read.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -23,10 +26,15 @@ if TYPE_CHECKING:
     import h5py
 
 SUPPORTED = (
-    "Keras 2 Sequential models saved as HDF5, made of InputLayer, Flatten (channels_last), Dropout "
-    "and Dense layers with activation relu, softmax, sigmoid, tanh or linear"
+    "Keras 2 Sequential models saved as HDF5 (or by Keras 3 as legacy .h5), "
+    "made of InputLayer, Flatten (channels_last), Dropout and Dense layers "
+    "with activation relu, softmax, sigmoid, tanh or linear"
 )
 SKIPPED_LAYERS = ("InputLayer", "Dropout")
+# The config keys that declare a layer's input shape, batch axis first: Keras 2's, then Keras 3's.
+SHAPE_KEYS = ("batch_input_shape", "batch_shape")
+# A sample's shape as far as the layers so far tell it; a leading None stands for dims not known.
+Shape = tuple[int | None, ...]
 ACTIVATIONS: dict[str, Callable[[], nn.Module] | None] = {
     "linear": None,
     "relu": nn.ReLU,
@@ -60,8 +68,35 @@ def load_keras_sequential(path: str | Path) -> nn.Sequential:
     h5py = _import_h5py()
     path = Path(path)
     with _open(h5py, path) as file:
-        layers = _layer_list(file, path)
-        return nn.Sequential(*[module for layer in layers for module in _torch_modules(file, layer, path)])
+        try:
+            return _sequential(file, path)
+        except OSError as error:
+            # h5py reports a damaged file that still opens (a bad heap, a truncated dataset) on the first read.
+            raise _import_error(path, f"the file is damaged: a read failed ({error})") from error
+
+
+def _sequential(file: h5py.File, path: Path) -> nn.Sequential:
+    """The layers in order, each checked to take the features the layers before it give."""
+    modules: list[nn.Module] = []
+    shape: Shape | None = None
+    for layer in _layer_list(file, path):
+        if shape is None:  # Keras reads the input shape from the first layer that declares one
+            shape = _declared_shape(layer)
+        layer_modules, shape = _torch_modules(file, layer, shape, path)
+        modules.extend(layer_modules)
+    if not modules:
+        # An identity model would bind and pass every check while computing nothing the file meant.
+        raise _import_error(path, "no layer computes anything (the layer list is empty or only InputLayer and Dropout)")
+    return nn.Sequential(*modules)
+
+
+def _declared_shape(layer: KerasLayer) -> Shape | None:
+    """The sample shape a layer's config declares for its input, if any (the first layer's usually does)."""
+    for key in SHAPE_KEYS:
+        declared = layer.config.get(key)
+        if isinstance(declared, list) and len(declared) >= 2:
+            return tuple(size if isinstance(size, int) else None for size in declared[1:])
+    return None
 
 
 def _import_h5py() -> ModuleType:
@@ -113,15 +148,26 @@ def _layer(entry: object, path: Path) -> KerasLayer:
     raise _import_error(path, f"a layer entry without `class_name` and `config.name`: {entry!r:.200}")
 
 
-def _torch_modules(file: h5py.File, layer: KerasLayer, path: Path) -> list[nn.Module]:
-    """The torch modules computing one Keras layer: none, one, or a Linear and its activation."""
+def _torch_modules(
+    file: h5py.File, layer: KerasLayer, shape: Shape | None, path: Path
+) -> tuple[list[nn.Module], Shape | None]:
+    """The torch modules computing one Keras layer (none, one, or a Linear and its activation) and the
+    sample shape they give, from the sample shape they take (None where no layer so far declares it)."""
     if layer.kind in SKIPPED_LAYERS:
-        return []
+        return [], shape
     if layer.kind == "Flatten":
-        return [_flatten(layer, path)]
+        return [_flatten(layer, path)], _flattened(shape)
     if layer.kind == "Dense":
-        return _dense(file, layer, path)
+        modules = _dense(file, layer, shape[-1] if shape else None, path)
+        # `units` is the kernel's second dim once _dense has checked it.
+        return modules, (*(shape[:-1] if shape else (None,)), int(layer.config["units"]))
     raise _import_error(path, f"layer `{layer.name}` is a {layer.kind}, which is not supported")
+
+
+def _flattened(shape: Shape | None) -> Shape | None:
+    """The sample shape after a Flatten: one dim, their product, when every dim before is known."""
+    sizes = [size for size in (shape or ()) if size is not None]
+    return (math.prod(sizes),) if shape and len(sizes) == len(shape) else None
 
 
 def _flatten(layer: KerasLayer, path: Path) -> nn.Flatten:
@@ -132,13 +178,18 @@ def _flatten(layer: KerasLayer, path: Path) -> nn.Flatten:
     return nn.Flatten(start_dim=1)
 
 
-def _dense(file: h5py.File, layer: KerasLayer, path: Path) -> list[nn.Module]:
+def _dense(file: h5py.File, layer: KerasLayer, features: int | None, path: Path) -> list[nn.Module]:
+    """A Linear (and its activation) whose kernel takes `features` inputs, when the layers before tell it."""
     activation = layer.config.get("activation", "linear")
     if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise _import_error(path, f"layer `{layer.name}` (Dense) has activation {activation!r}")
     units = layer.config.get("units")
     kernel = _weight(file, layer, "kernel", path)
     _check_shape(kernel, (kernel.shape[0] if kernel.ndim == 2 else None, units), layer, "kernel", path)
+    if features is not None and kernel.shape[0] != features:
+        # Layers that do not chain would load and then fail deep inside torch on the first input.
+        raise _import_error(path, f"layer `{layer.name}` (Dense) takes {kernel.shape[0]} inputs (its kernel is "
+                                  f"{tuple(kernel.shape)}), but the layers before it give {features}")
     use_bias = bool(layer.config.get("use_bias", True))
     linear = nn.Linear(kernel.shape[0], kernel.shape[1], bias=use_bias)
     with torch.no_grad():
@@ -161,21 +212,23 @@ def _check_shape(
 
 
 def _weight(file: h5py.File, layer: KerasLayer, role: str, path: Path) -> torch.Tensor:
-    """The layer's `<role>:0` dataset as float32, found by walking `model_weights/<layer>`.
+    """The layer's `<role>:0` dataset (Keras 3: `<role>`) as float32, found by walking `model_weights/<layer>`.
 
-    Keras nests it under `<layer>/<layer or layer_N>/`, the suffix counting the
-    models built before in the same session, so the path cannot be guessed.
+    Keras nests it under `<layer>/<layer or layer_N>/` (Keras 3: `<layer>/<model>/<layer>/`),
+    the suffix counting the models built before in the same session, so the path cannot be guessed.
     """
     weights = file.get("model_weights")
     group = weights.get(layer.name) if weights is not None else None
-    found = [] if group is None else _datasets_named(group, f"{role}:0")
+    found = [] if group is None else _datasets_named(group, (f"{role}:0", role))
     if len(found) != 1:
         where = f"model_weights/{layer.name}"
         raise _import_error(path, f"layer `{layer.name}` needs one `{role}:0` weight under {where}, found {len(found)}")
+    if found[0].dtype.kind not in "fiu":
+        raise _import_error(path, f"layer `{layer.name}` has a {role} of dtype {found[0].dtype}, not numbers")
     return torch.as_tensor(found[0][()], dtype=torch.float32)
 
 
-def _datasets_named(group: h5py.Group, name: str) -> list[h5py.Dataset]:
+def _datasets_named(group: h5py.Group, names: tuple[str, ...]) -> list[h5py.Dataset]:
     import h5py
 
     members: list[str] = []
@@ -183,5 +236,5 @@ def _datasets_named(group: h5py.Group, name: str) -> list[h5py.Dataset]:
     return [
         group[member]
         for member in members
-        if member.rsplit("/", 1)[-1] == name and isinstance(group[member], h5py.Dataset)
+        if member.rsplit("/", 1)[-1] in names and isinstance(group[member], h5py.Dataset)
     ]

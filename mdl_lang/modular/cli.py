@@ -4,7 +4,7 @@
 CNN (mdl_lang.modular.decompose_cnn) and a labelled data set, writes one module per class (mdl_lang.modular.artifacts),
 prints the size table, and reports progress on stderr. MODEL is one of:
 
-- a Keras 2 HDF5 file (`.h5`), read by mdl_lang.interop.keras_h5;
+- a Keras 2 HDF5 file (`.h5` or `.hdf5`, any case), read by mdl_lang.interop.keras_h5;
 - a state dict of an `nn.Sequential` of Linear layers with ReLU between them
   (`.pt`, loaded with `torch.load(weights_only=True)`): the Linear layers come
   from the keys and shapes, a Flatten goes first when the data has more than
@@ -156,10 +156,14 @@ def _load_data(path: Path, usage: type[Exception]) -> tuple[torch.Tensor, torch.
     raise usage(f"--data {path}: needs arrays `inputs` and `labels` (or `x` and `y`)")
 
 
+# Keras and h5py write either suffix, and files copied from other systems come as `MODEL.H5`.
+KERAS_SUFFIXES = (".h5", ".hdf5")
+
+
 def _load_model(args: argparse.Namespace, inputs: torch.Tensor, usage: type[Exception]) -> nn.Module:
     source = args.model
     path = Path(source)
-    if path.suffix == ".h5":
+    if path.suffix.lower() in KERAS_SUFFIXES:
         from mdl_lang.interop.keras_h5 import KerasImportError, load_keras_sequential
 
         try:
@@ -170,7 +174,7 @@ def _load_model(args: argparse.Namespace, inputs: torch.Tensor, usage: type[Exce
         return _runs_on(_state_dict_model(path, inputs, args.softmax, usage), inputs, source, usage)
     if ":" in source:
         return _runs_on(_factory_model(source, args.weights, usage), inputs, source, usage)
-    raise usage(f"MODEL {source}: expected a .h5 file, a .pt state dict, or pkg.mod:factory")
+    raise usage(f"MODEL {source}: expected a .h5 file (or .hdf5), a .pt state dict, or pkg.mod:factory")
 
 
 def _runs_on(model: nn.Module, inputs: torch.Tensor, source: str, usage: type[Exception]) -> nn.Module:

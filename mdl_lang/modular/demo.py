@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from mdl_lang.threads import one_thread
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -47,6 +48,8 @@ ACCURACY_BOUND = 0.9
 # KMNIST-1 as the paper reports it (Pan & Rajan, ESEC/FSE 2020, Table 1).
 PAPER_KMNIST = (0.7602, 0.7603)
 KMNIST_QUICK = 2000  # test images composed by `--quick`
+KMNIST_IMAGE = (28, 28)
+KMNIST_CLASSES = 10
 
 
 def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -431,7 +434,6 @@ class KmnistOutcome:
 
 def compose_kmnist(folder: Path, out: Path, limit: int | None = None) -> KmnistOutcome:
     """The paper's model and its ten modules composed by vote (monitored), on the first `limit` test images."""
-    import numpy as np
     import torch
 
     missing = [name for name in KMNIST_FILES if not (folder / name).is_file()]
@@ -442,18 +444,15 @@ def compose_kmnist(folder: Path, out: Path, limit: int | None = None) -> KmnistO
     except ImportError as error:
         raise KmnistUnavailable("reading KMNIST-1 needs h5py (pip install 'mdl-lang[keras]')") from error
     from mdl_lang.compiler import load
-    from mdl_lang.interop.keras_h5 import load_keras_sequential
     from mdl_lang.modular.concern import ConcernView
     from mdl_lang.syntax.format import format_text
 
-    with np.load(folder / "kmnist-test-imgs.npz", allow_pickle=False) as archive:
-        images = torch.from_numpy(archive["arr_0"][:limit])
-    with np.load(folder / "kmnist-test-labels.npz", allow_pickle=False) as archive:
-        labels = torch.from_numpy(archive["arr_0"][:limit]).to(torch.int64)
+    images, targets = _kmnist_test_split(folder)
     # The artifact feeds skimage.transform.resize(img) / 255, that is img / 255 / 255.
-    inputs = images.to(torch.float32) / 255 / 255
-    model = load_keras_sequential(folder / "kmnist.h5")
-    parts = {f"module{k}": ConcernView(load_keras_sequential(folder / f"module{k}.h5"), k) for k in range(10)}
+    inputs = torch.from_numpy(images[:limit]).to(torch.float32) / 255 / 255
+    labels = torch.from_numpy(targets[:limit]).to(torch.int64)
+    model = _fitting_model(folder / "kmnist.h5", inputs[:1])
+    parts = {f"module{k}": ConcernView(_fitting_model(folder / f"module{k}.h5", inputs[:1]), k) for k in range(10)}
     spec_file = out / "kmnist_vote.mdl"
     modules = "\n".join(f"module module{k} : Classifier[{{{k}}} | other]" for k in range(10))
     vote = f"compose voted : Classifier[KDigit] = vote({', '.join(parts)})"
@@ -467,3 +466,39 @@ def compose_kmnist(folder: Path, out: Path, limit: int | None = None) -> KmnistO
         composed_accuracy = (voted(inputs).argmax(dim=1) == labels).float().mean().item()
     print(f"  spec {spec_file}: ten modules, `vote` monitored at every part (mode raise)")
     return KmnistOutcome(len(labels), model_accuracy, composed_accuracy)
+
+
+def _kmnist_test_split(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The test images (N, 28, 28) and their N labels; ValueError, the demo's failed step, for any other form."""
+    import numpy as np
+
+    with np.load(folder / "kmnist-test-imgs.npz", allow_pickle=False) as archive:
+        images = archive["arr_0"]
+    with np.load(folder / "kmnist-test-labels.npz", allow_pickle=False) as archive:
+        labels = archive["arr_0"]
+    if images.ndim != 3 or images.shape[1:] != KMNIST_IMAGE or not len(images):
+        raise ValueError(f"{folder / 'kmnist-test-imgs.npz'} holds images of shape {images.shape}, "
+                         f"expected (N, {KMNIST_IMAGE[0]}, {KMNIST_IMAGE[1]}) with N > 0")
+    if labels.shape != (len(images),):
+        raise ValueError(f"{folder / 'kmnist-test-labels.npz'} holds labels of shape {labels.shape}, "
+                         f"expected one for each of the {len(images)} images")
+    return images, labels
+
+
+def _fitting_model(path: Path, image: torch.Tensor) -> nn.Module:
+    """The Keras model at `path`, once it has taken one test image to scores for the ten classes; a model of
+    another form is the fixtures' fault, a ValueError (the demo's failed step), not a crash deep in torch."""
+    import torch
+
+    from mdl_lang.interop.keras_h5 import load_keras_sequential
+
+    model = load_keras_sequential(path)
+    try:
+        with torch.no_grad():
+            scores = model(image)
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not run on a 28x28 KMNIST image: {error}") from error
+    if tuple(scores.shape) != (1, KMNIST_CLASSES):
+        raise ValueError(f"{path} gives scores of shape {tuple(scores.shape)} for one image, "
+                         f"expected (1, {KMNIST_CLASSES})")
+    return model

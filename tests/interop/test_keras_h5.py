@@ -239,3 +239,66 @@ def test_without_h5py_the_error_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "h5py", None)
     with pytest.raises(KerasImportError, match=r"pip install mdl-lang\[keras\]"):
         load_keras_sequential(tmp_path / "any.h5")
+
+
+def test_dense_layers_that_do_not_chain_are_refused(tmp_path):
+    # `hidden` gives 2 features; a `scores` kernel of 3 rows would fail inside torch on the first input.
+    layers = [flatten(), dense("hidden", 2, "relu"), dense("scores", 3, "linear", use_bias=False)]
+    weights = {"hidden": {"kernel": KERNEL_1, "bias": BIAS_1}, "scores": {"kernel": np.ones((3, 3), np.float32)}}
+    assert_import_error(write_keras_file(tmp_path / "chain.h5", layers, weights), "`scores`", "takes 3 inputs",
+                        "the layers before it give 2")
+
+
+def test_a_first_kernel_that_does_not_take_the_declared_input_is_refused(tmp_path):
+    # The InputLayer declares (2, 2, 1) samples, 4 features once flattened; KERNEL_1 takes 6.
+    layers = [
+        {"class_name": "InputLayer", "config": {"name": "input_1", "batch_input_shape": [None, 2, 2, 1]}},
+        {"class_name": "Flatten", "config": {"name": "flatten"}},
+        dense("hidden", 2, "relu"),
+    ]
+    path = write_keras_file(tmp_path / "input.h5", layers, {"hidden": {"kernel": KERNEL_1, "bias": BIAS_1}})
+    assert_import_error(path, "`hidden`", "takes 6 inputs", "the layers before it give 4")
+
+
+def test_a_damaged_file_that_still_opens_is_an_import_error(tmp_path):
+    # h5py, as Keras, keeps the `model_config` string in the file's one global heap; break its signature.
+    path = small_model_file(tmp_path / "damaged.h5")
+    data = path.read_bytes()
+    assert data.count(b"GCOL") == 1
+    path.write_bytes(data.replace(b"GCOL", b"XXXX"))
+    assert_import_error(path, "the file is damaged")
+
+
+def test_a_kernel_of_strings_is_named(tmp_path):
+    path = write_keras_file(
+        tmp_path / "text.h5", [flatten(), dense("out", 2, "relu")], {"out": {"kernel": np.array([b"ab", b"cd"])}}
+    )
+    assert_import_error(path, "`out`", "kernel of dtype |S2, not numbers")
+
+
+def test_an_empty_layer_list_is_refused(tmp_path):
+    assert_import_error(write_keras_file(tmp_path / "empty.h5", [], {}), "no layer computes anything")
+
+
+def test_a_keras_3_legacy_file_computes_what_keras_computes(tmp_path):
+    """Keras 3 writes `batch_shape` on the InputLayer and its weights as `<model>/<layer>/kernel`, no `:0`."""
+    path = tmp_path / "keras3.h5"
+    layers = [
+        {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
+         "config": {"name": "input_layer", "batch_shape": [None, 2, 3], "dtype": "float32"}},
+        {"module": "keras.layers", "class_name": "Flatten", "registered_name": None,
+         "config": {"name": "flatten", "data_format": "channels_last",
+                    "dtype": {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"}}}},
+        {"module": "keras.layers", "class_name": "Dense", "registered_name": None,
+         "config": {"name": "dense", "units": 2, "activation": "relu", "use_bias": True}},
+    ]
+    with h5py.File(path, "w") as file:
+        file.attrs["keras_version"] = "3.3.3"
+        file.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {"layers": layers}})
+        group = file.create_group("model_weights/dense/sequential/dense")
+        group.create_dataset("kernel", data=KERNEL_1)
+        group.create_dataset("bias", data=BIAS_1)
+    images = np.linspace(-1, 1, 12, dtype=np.float32).reshape(2, 2, 3)
+    with torch.no_grad():
+        scores = load_keras_sequential(path)(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(scores, np.maximum(images.reshape(2, 6) @ KERNEL_1 + BIAS_1, 0), rtol=1e-6)

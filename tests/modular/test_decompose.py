@@ -466,3 +466,31 @@ def test_a_model_without_biases_gives_modules_without_biases(digits_like, tmp_pa
     loaded = load_module(tmp_path / "m0.pt")
     with torch.no_grad():
         torch.testing.assert_close(loaded(inputs), decomposition.modules[0](inputs))
+
+
+def keras_file(model: nn.Sequential, path):
+    """`model`'s Linear layers as Dense layers of a Keras 2 file: relu between them, softmax after the last."""
+    from tests.interop.test_keras_h5 import dense, write_keras_file
+
+    linears = [layer for layer in model if isinstance(layer, nn.Linear)]
+    layers = [dense(f"d{index}", layer.out_features, "relu" if index < len(linears) - 1 else "softmax")
+              for index, layer in enumerate(linears)]
+    weights = {f"d{index}": {"kernel": layer.weight.detach().T.numpy(), "bias": layer.bias.detach().numpy()}
+               for index, layer in enumerate(linears)}
+    return write_keras_file(path, layers, weights)
+
+
+@pytest.mark.parametrize("name", ["MODEL.H5", "model.hdf5"])
+def test_cli_reads_a_keras_file_of_either_suffix_in_any_case(saved, digits_like, capsys, name):
+    keras_file(digits_like[0], saved / name)
+    code = main(["decompose", str(saved / name), "--data", str(saved / "blobs.npz"), "--out", str(saved / "out"),
+                 "--classes", "0"])
+    assert code == 0, capsys.readouterr().err
+    assert (saved / "out" / "m0.pt").is_file()
+
+
+def test_cli_refuses_a_keras_file_whose_layers_do_not_chain_in_one_line(saved, digits_like, capsys):
+    path = keras_file(nn.Sequential(nn.Linear(12, 5), nn.ReLU(), nn.Linear(6, 5)), saved / "chain.h5")
+    assert main(["decompose", str(path), "--data", str(saved / "blobs.npz"), "--out", str(saved / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "chain.h5: layer `d1` (Dense) takes 6 inputs" in err, err

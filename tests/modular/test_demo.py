@@ -114,3 +114,45 @@ def test_bad_options_are_usage_errors(arguments: list[str], capsys):
 def test_a_kmnist_folder_named_on_purpose_must_exist(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path / "out"), "--kmnist", str(tmp_path / "nowhere")]) == 2
     assert "--kmnist" in capsys.readouterr().err
+
+
+def small_kmnist_fixtures(folder: Path, *, images: tuple[int, ...] = (4, 28, 28), labels: int = 4,
+                          model_inputs: int = 784) -> Path:
+    """KMNIST-1 fixtures of the right names and, unless told otherwise, the right form: zero-weight
+    Flatten-Dense(10, softmax) models and a few blank images, enough for the step to run in no time."""
+    import numpy as np
+
+    from tests.interop.test_keras_h5 import dense, write_keras_file
+
+    flatten = {"class_name": "Flatten", "config": {"name": "flatten", "data_format": "channels_last"}}
+    zeros = {"kernel": np.zeros((784, 10), np.float32), "bias": np.zeros(10, np.float32)}
+    for name in ("kmnist.h5", *(f"module{k}.h5" for k in range(10))):
+        weights = zeros if name != "kmnist.h5" else {**zeros, "kernel": np.zeros((model_inputs, 10), np.float32)}
+        write_keras_file(folder / name, [flatten, dense("out", 10, "softmax")], {"out": weights})
+    np.savez(folder / "kmnist-test-imgs.npz", np.zeros(images, np.uint8))
+    np.savez(folder / "kmnist-test-labels.npz", np.arange(labels) % 10)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ({"images": (4, 32, 32)}, "kmnist-test-imgs.npz holds images of shape (4, 32, 32), expected (N, 28, 28)"),
+        ({"labels": 3}, "kmnist-test-labels.npz holds labels of shape (3,), expected one for each of the 4 images"),
+        ({"model_inputs": 12}, "kmnist.h5 does not run on a 28x28 KMNIST image"),
+    ],
+    ids=["32x32-images", "fewer-labels", "12-input-model"],
+)
+def test_kmnist_fixtures_of_the_wrong_form_are_a_failed_step(tmp_path: Path, capsys, form, message):
+    from mdl_lang.modular.demo import Checks, DemoSettings, _kmnist
+
+    kmnist = small_kmnist_fixtures(tmp_path, **form)
+    checks = Checks()
+    _kmnist(DemoSettings(tmp_path, 0, True, 5, kmnist), checks)
+    assert checks.failed == ["KMNIST-1 fixtures load"]
+    assert message in capsys.readouterr().out
+
+
+def test_small_kmnist_fixtures_of_the_right_form_compose(tmp_path: Path):
+    outcome = compose_kmnist(small_kmnist_fixtures(tmp_path), tmp_path)
+    assert outcome.samples == 4

@@ -36,9 +36,13 @@ _mode_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("mdl
 class ContractViolation(Exception):
     """A clause failed in `raise` mode; `result` carries the blame report, `str()` renders it."""
 
-    def __init__(self, result: Result, sources: SourceMap | None = None) -> None:
+    def __init__(self, result: Result, sources: SourceMap | None = None, text: str | None = None) -> None:
         self.result = result
-        super().__init__(render_result(result, sources))
+        super().__init__(text if text is not None else render_result(result, sources))
+
+    def __reduce__(self):
+        # Pickled (a DataLoader worker, a process pool) with its rendered text: the sources stay behind.
+        return type(self), (self.result, None, str(self))
 
 
 class ContractWarning(UserWarning):
@@ -355,21 +359,30 @@ def _save_replay(
     if folder is None:
         return None
     samples = list(violation.samples) if violation.samples else None
+    batched = {port.name for port in boundary.inputs if port.type.has_batch}
     tensors = {
-        name: _offending(value.detach(), samples) for name, value in inputs.items() if isinstance(value, torch.Tensor)
+        # A port without the batch axis (a weight vector) is the same for every sample: kept whole.
+        name: _offending(value.detach(), samples if name in batched else None)
+        for name, value in inputs.items() if isinstance(value, torch.Tensor)
     }
-    folder.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{boundary.name}-{violation.name}").strip("_")
-    index = 0
-    while (folder / f"{stem}-{index}.pt").exists():
-        index += 1
-    file = folder / f"{stem}-{index}.pt"
     spec = str(Path(session.options.spec_file).resolve()) if session.options.spec_file else ""
-    torch.save({
-        "schema": "mdl-replay/1", "spec": spec, "component": boundary.name, "path": list(path),
-        "clause": violation.name, "kind": violation.kind, "samples": list(violation.samples or ()),
-        "inputs": tensors,
-    }, file)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        index = 0
+        while (folder / f"{stem}-{index}.pt").exists():
+            index += 1
+        file = folder / f"{stem}-{index}.pt"
+        torch.save({
+            "schema": "mdl-replay/1", "spec": spec, "component": boundary.name, "path": list(path),
+            "clause": violation.name, "kind": violation.kind, "samples": list(violation.samples or ()),
+            "inputs": tensors,
+        }, file)
+    except OSError as error:
+        # The report matters more than its replay file: it goes on without one, and says why.
+        warnings.warn(f"mdl: the replay of `{violation.name}` could not be saved in {folder}: {error}",
+                      RuntimeWarning, stacklevel=_callers_level())
+        return None
     return str(file)
 
 
@@ -483,10 +496,21 @@ _compiler = getattr(torch, "compiler", None)
 _is_exporting: Callable[[], bool] = getattr(_compiler, "is_exporting", None) or _never
 _is_compiling: Callable[[], bool] = getattr(_compiler, "is_compiling", None) or _never
 _is_tracing: Callable[[], bool] = torch.jit.is_tracing
+# torch.func transforms (private API, probed once): under `vmap` a tensor is one sample of a batch the
+# monitor never sees, and reading a statistic back is an error there, so checks step aside under it too.
+_functorch = getattr(torch._C, "_functorch", None)
+_peek_transform: Callable[[], object] = getattr(_functorch, "peek_interpreter_stack", None) or (lambda: None)
+_VMAP = getattr(getattr(_functorch, "TransformType", None), "Vmap", None)
+
+
+def _under_vmap() -> bool:
+    if _peek_transform() is None:
+        return False
+    return any(interpreter.key() == _VMAP for interpreter in _functorch.get_interpreter_stack())
 
 
 def _tracing() -> bool:
-    return _is_exporting() or _is_compiling() or _is_tracing()
+    return _is_exporting() or _is_compiling() or _is_tracing() or _under_vmap()
 
 
 def should_check(monitor) -> bool:

@@ -16,6 +16,7 @@ in the label set of their static type.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -508,10 +509,10 @@ class PredicateCompiler:
 
     # ------------------------------------------------------------ built-ins
 
-    def _elementwise(self, operation) -> Callable:
+    def _elementwise(self, operation: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
         def build(args, options, expr):
             (argument,) = args
-            return lambda ctx: operation(as_float(argument(ctx)))
+            return lambda ctx: elementwise(operation, argument(ctx))
 
         return build
 
@@ -545,7 +546,7 @@ class PredicateCompiler:
 
     def call_clamp(self, args, options, expr):
         value, low, high = args
-        return lambda ctx: torch.clamp(as_float(value(ctx)), min=low(ctx), max=high(ctx))
+        return lambda ctx: clamp(value(ctx), low(ctx), high(ctx))
 
     def call_sum(self, args, options, expr):
         return self._reduce(args, expr, lambda flat: flat.sum(1))
@@ -682,6 +683,49 @@ def as_float(value: Value) -> Value:
     if isinstance(value, torch.Tensor) and not value.is_floating_point():
         return value.float()
     return value
+
+
+def elementwise(operation: Callable[[torch.Tensor], torch.Tensor], value: Value) -> Value:
+    """An elementwise built-in on a tensor, or on a sample-independent number (`sqrt(F)`, `exp(2)`)."""
+    if isinstance(value, torch.Tensor):
+        return operation(as_float(value))
+    return _on_number(operation, float(value))
+
+
+@functools.lru_cache(maxsize=256)
+def _on_number(operation: Callable[[torch.Tensor], torch.Tensor], value: float) -> float:
+    """A built-in on a number, computed by torch so that it means what it means on a tensor.
+
+    `math` would raise where torch answers: `sqrt(-1)` and `log(-1)` are NaN
+    (which then fails its comparison), `log(0)` is -inf, `exp(1000)` is inf.
+    The numbers are dims and literals, few per spec, so the result is cached
+    and a passing call does not build a tensor for them each time.
+    """
+    return operation(torch.tensor(value, dtype=torch.float64)).item()
+
+
+def clamp(value: Value, low: Value, high: Value) -> Value:
+    """`clamp(v, lo, hi)`, each of them a number or a per-sample value (`clamp(y, min(x), max(x))`).
+
+    Per-sample values of fewer axes are aligned after the batch axis, as for
+    any binary operation; `torch.clamp` takes bounds as two numbers or two
+    tensors of the value's shape, so mixed or per-sample bounds go through
+    `maximum` and `minimum`, which agree with it (`hi` wins when `lo > hi`).
+    """
+    value = as_float(value)
+    if not isinstance(low, torch.Tensor) and not isinstance(high, torch.Tensor):
+        if isinstance(value, torch.Tensor):
+            return torch.clamp(value, min=low, max=high)
+        return torch.clamp(torch.tensor(float(value), dtype=torch.float64), min=low, max=high).item()
+    device = (low if isinstance(low, torch.Tensor) else high).device
+    value, low, high = _aligned(*(torch.as_tensor(part, device=device) for part in (value, low, high)))
+    return torch.minimum(torch.maximum(value, low), high)
+
+
+def _aligned(*values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-sample values widened after the batch axis to the largest per-sample rank (`align` for many)."""
+    rank = max(_rank_of(value) for value in values)
+    return tuple(value if _rank_of(value) in (-1, rank) else _widen(value, rank - _rank_of(value)) for value in values)
 
 
 def _conjoin(left: Value, right: Value) -> Value:

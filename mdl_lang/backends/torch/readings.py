@@ -60,12 +60,19 @@ class Readings:
         self.values: list[float] | None = None
 
     def add_verdict(self, verdict: torch.Tensor | bool) -> None:
-        """A verdict already reached: a 0-dim bool tensor on the device, or a Python bool."""
+        """A verdict already reached: a 0-dim bool tensor on the device, or a Python bool.
+
+        A false Python verdict takes a test of its own, so that `failed_at`
+        places it on the right side of the count of a call's requires tests.
+        """
         if isinstance(verdict, torch.Tensor):
             self.statistics.append(verdict)
             self.tests.append(bool)
-        elif not verdict and self.failed_at is None:
-            self.failed_at = len(self.tests)
+        elif not verdict:
+            if self.failed_at is None:
+                self.failed_at = len(self.tests)
+            self.statistics.append(_FALSE)
+            self.tests.append(bool)
 
     def holds(self) -> bool:
         """Whether every test passes: the one host sync of a monitored call."""
@@ -93,6 +100,10 @@ class Readings:
         else:
             values = _read_back(self.statistics[:count]) if count and self.statistics else []
         return all(test(value) for test, value in zip(self.tests[:count], values[:count], strict=True))
+
+
+_FALSE = torch.tensor(False)
+"""The statistic of a verdict already known false."""
 
 
 def _read_back(statistics: list[torch.Tensor]) -> list[float]:
