@@ -98,7 +98,7 @@ class FastCall(NamedTuple):
     """The fast requires of one call, kept for its ensures: the input values as given, what their shapes
     bound, the input signature (None when an input is not a tensor, then nothing is cached), the readings,
     not yet synced, that the ensures add to (None for a wrong call: shape, dtype, a check that raised),
-    and how many of their tests are the requires'.
+    how many of their tests are the requires', and the inputs' version counters before the call.
     """
 
     values: dict[str, object]
@@ -106,6 +106,7 @@ class FastCall(NamedTuple):
     signature: tuple | None
     readings: Readings | None
     tests: int = 0
+    versions: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,8 @@ class Boundary:
             return FastCall(values, shapes, signature, None)
         readings = Readings()
         held = self._read(self._fast_requires, _clause_values(values), shapes.dims, shapes.batch, readings)
-        return FastCall(values, shapes, signature, readings if held else None, len(readings.tests))
+        return FastCall(values, shapes, signature, readings if held else None, len(readings.tests),
+                        versions(values))
 
     def fast_ensures(self, call: FastCall, outputs: tuple) -> bool:
         """The fast path of the ensures, after the requires of the same call; an ensures may read the inputs too.
@@ -482,6 +484,18 @@ def _for_clauses(value: object) -> object:
         value = value.detach()
     wider = _WIDENED.get(value.dtype)
     return value if wider is None else value.to(wider)
+
+
+def versions(values: dict[str, object]) -> tuple:
+    """The version counters of the tensors among `values` (None for other values and inference tensors, which
+    have none): an in-place operation on a tensor raises its counter, so unequal versions mean a change."""
+    found = []
+    for value in values.values():
+        try:
+            found.append(value._version)
+        except (AttributeError, RuntimeError):
+            found.append(None)
+    return tuple(found)
 
 
 def _batch_size(values: dict[str, torch.Tensor], ports: tuple[ir.Port, ...]) -> int:

@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from mdl_lang import blame, ir
-from mdl_lang.backends.torch.boundary import Boundary, Violation
-from mdl_lang.backends.torch.readings import Readings
+from mdl_lang.backends.torch.boundary import Boundary, FastCall, Violation, versions
 from mdl_lang.diagnostics import SourceMap
 from mdl_lang.report import Blame, Result, Verdict, Witness, render_result
 
@@ -151,17 +150,17 @@ class Requires:
 
     The slow path runs after the call, on the inputs as they are then; a
     module may have changed them in place. `before` is the fast path's
-    readings of the inputs as given (with the number of their tests that are
-    the requires'), which decide instead: requires that held then held, and
-    requires that failed then and hold now were broken on inputs the module
-    has since overwritten.
+    reading of the inputs as given (their statistics, how many tests are the
+    requires', their version counters), which decides instead: requires that
+    held then held, and requires that failed on inputs the module has since
+    overwritten are reported as such, without samples that are gone.
     """
 
     __slots__ = ("_shares", "before", "bound", "boundary", "path", "upstream", "values")
 
     def __init__(
         self, boundary: Boundary, values: dict[str, object], upstream: blame.Upstream, path: tuple[str, ...],
-        before: tuple[Readings, int] | None = None,
+        before: FastCall | None = None,
     ) -> None:
         self.boundary = boundary
         self.values = values
@@ -175,26 +174,37 @@ class Requires:
         """Every violation, once for each party that shares its blame (with that party's samples)."""
         if self._shares is None:
             self._shares = []
-            if self.before is not None and self.before[0].passed(self.before[1]):
+            before = self.before
+            if before is not None and before.readings.passed(before.tests):
                 self.boundary.bind_input_dims(self.values, self.bound)  # for the ensures' shapes and reports
+                return self._shares
+            if self.changed():
+                self.boundary.bind_input_dims(self.values, self.bound)
+                self.add(self.boundary.modified_in_place())
                 return self._shares
             for violation in self.boundary.violations("requires", self.values, self.bound):
                 self.add(violation)
-            if not self._shares and self._changed_in_place():
+            if not self._shares and self._passes_now():
                 self.add(self.boundary.modified_in_place())
         return self._shares
 
-    def _changed_in_place(self) -> bool:
-        """Whether the requires failed on the inputs as given and pass on them now: the module changed them.
+    def changed(self) -> bool:
+        """Whether the module changed an input in place, as the inputs' version counters tell."""
+        return self.before is not None and versions(self.values) != self.before.versions
 
-        Asked only when the slow path found no failing requires; the fast
-        checks are deterministic, so passing now where they failed before
-        means the inputs changed.
-        """
+    def _passes_now(self) -> bool:
+        """Whether requires that failed on the inputs as given pass on them now: for inputs without version
+        counters (inference tensors), the sign that the module changed them. The fast checks are
+        deterministic, so passing now where they failed before means the inputs changed."""
         if self.before is None:
             return False
         again = self.boundary.fast_requires(self.values).readings
         return again is not None and again.holds()
+
+    @property
+    def replayable(self) -> dict[str, object] | None:
+        """The inputs to save for a replay: None where the module changed them, and they are not what it got."""
+        return None if self.changed() else self.values
 
     def add(self, violation: Violation) -> None:
         shares = self.shares()
@@ -215,7 +225,7 @@ class Requires:
         """Report every share, and record who was blamed where for what follows from them."""
         for violation, share in self.shares():
             narrowed = self.boundary.narrowed(violation, share.samples, self.values, self.bound)
-            session.report(_result(self.boundary, narrowed, share.blame, self.values, {}, session, self.path))
+            session.report(_result(self.boundary, narrowed, share.blame, self.replayable, {}, session, self.path))
         session.faults.extend(self.faults())
 
 
@@ -252,22 +262,21 @@ def run_part(
         requires.report(session())
     elif requires is not None:
         # Before the parts run: one that changes the composition's input in place must not change its verdict.
-        requires.before = (readings, fast.tests)
+        requires.before = fast
     try:
         raw = call(*args, **kwargs)
     except Exception as error:
         _mark_raised_in(error, path)
         if readings is not None and not readings.holds():
             # The module failed on input that broke its requires: that is the report.
-            (requires or Requires(boundary, in_values, upstream, path, (readings, fast.tests))).report(session())
+            (requires or Requires(boundary, in_values, upstream, path, fast)).report(session())
         raise
     outputs = outputs_of(raw, boundary.outputs)
     if readings is not None and boundary.fast_ensures(fast, outputs) and readings.holds():
         return raw, Outcome(outputs)
     session = session()
     if requires is None:
-        before = (readings, fast.tests) if readings is not None else None
-        requires = Requires(boundary, in_values, upstream, path, before)
+        requires = Requires(boundary, in_values, upstream, path, fast if readings is not None else None)
     if readings is not None:
         requires.report(session)
     return raw, _ensures(boundary, requires, outputs, session, composite)
@@ -299,7 +308,7 @@ def _ensures(boundary: Boundary, requires: Requires, outputs: tuple, session: Se
     for violation in boundary.violations("ensures", values, bound, returned=len(outputs)):
         for share in blame.ensures_failure(boundary.name, violation.name, path, violation.samples, bad_input, parts):
             narrowed = boundary.narrowed(violation, share.samples, values, bound)
-            result = _result(boundary, narrowed, share.blame, requires.values, bound, session, path)
+            result = _result(boundary, narrowed, share.blame, requires.replayable, bound, session, path)
             if result.verdict is Verdict.FAIL:
                 faults.append(blame.Fault(boundary.name, violation.name, "ensures", path, share.samples, share.blame))
             session.report(result)
@@ -334,11 +343,12 @@ def outputs_of(raw: object, ports: tuple[ir.Port, ...]) -> tuple:
 
 
 def _result(
-    boundary: Boundary, violation: Violation, party: Blame, inputs: dict, bound: dict, session: Session,
+    boundary: Boundary, violation: Violation, party: Blame, inputs: dict | None, bound: dict, session: Session,
     path: tuple[str, ...],
 ) -> Result:
+    """The report of a violation; `inputs` are saved for a replay, None where they are not the call's."""
     verdict = Verdict.UNKNOWN if violation.error else Verdict.FAIL
-    replayable = verdict is Verdict.FAIL and violation.replayable
+    replayable = verdict is Verdict.FAIL and violation.replayable and inputs is not None
     replay = _save_replay(boundary, violation, inputs, session, path) if replayable else None
     witness = Witness(
         violation.samples or (), violation.values, replay, tuple(sorted(bound.items())),

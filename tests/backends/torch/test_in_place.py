@@ -164,3 +164,18 @@ def test_a_range_beyond_float32_does_not_stand_for_finite(spec, name) -> None:
     monitored(torch.zeros(2, 4))
     failed = {result.clause: result.witness.samples for result in monitored.reports}
     assert failed == ({"finite(y)": (0,)} if name == "wide" else {"simplex": (0,)})
+
+
+def test_no_replay_is_saved_of_inputs_the_module_has_overwritten(spec, tmp_path) -> None:
+    def halve_then_break(x):
+        x.div_(2)
+        return x * 8  # 2.0: out of [0, 1]
+
+    monitored = spec.bind("scale", Lambda(halve_then_break), mode="record", replay_dir=tmp_path / "replays")
+    monitored(torch.full((2, 4), 0.5))
+    (result,) = monitored.reports
+    assert (result.clause, result.blame.party) == ("y in [0, 1]", "scale")
+    assert result.witness.replay is None, "the saved x would be 0.25, not the 0.5 the module was given"
+    kept = spec.bind("scale", Lambda(lambda x: x * 4), mode="record", replay_dir=tmp_path / "replays")
+    kept(torch.full((2, 4), 0.5))
+    assert kept.reports[0].witness.replay is not None
