@@ -19,7 +19,7 @@ from mdl_lang.backends.torch import identities
 from mdl_lang.backends.torch.constants import Constant
 from mdl_lang.backends.torch.predicates import CallContext, Instance, PredicateCompiler, UnsupportedClause
 from mdl_lang.backends.torch.readings import RangeReader, Reader, Readings, read_finite
-from mdl_lang.backends.torch.refinements import check_call_shape, finite_mask, range_mask, summarize
+from mdl_lang.backends.torch.refinements import check_call_shape, dim_names, finite_mask, range_mask, summarize
 from mdl_lang.diagnostics import SourceMap
 from mdl_lang.span import Span
 
@@ -177,6 +177,14 @@ class Boundary:
     def _clause_check(self, clause: ir.Clause, finite: dict[str, int]) -> Check | None:
         """The clause compiled; `implied` where it follows from the ports in `finite` being finite
         (`identities.py`), which the fast path checks anyway."""
+        unsized = _unsized_dims(clause, self.inputs if clause.kind == "requires" else (*self.inputs, *self.outputs))
+        if unsized:
+            where = "input" if clause.kind == "requires" else "input or output"
+            them = "it" if len(unsized) == 1 else "them"
+            self.skipped.append(Skipped(
+                clause, f"no {where} port's shape has {', '.join(unsized)}: no call gives {them} a size",
+            ))
+            return None
         try:
             compiled = PredicateCompiler().compile(clause)
         except UnsupportedClause as reason:
@@ -505,6 +513,14 @@ def _batch_size(values: dict[str, torch.Tensor], ports: tuple[ir.Port, ...]) -> 
         if port.type.has_batch and isinstance(value, torch.Tensor) and value.dim() > 0:
             return value.shape[0]
     return 1
+
+
+def _unsized_dims(clause: ir.Clause, ports: tuple[ir.Port, ...]) -> list[str]:
+    """The dims a clause reads that none of `ports` has in its shape: a call binds only the dims of its ports
+    (a requires, before the call, only the inputs'), so such a clause would be undecided on every call."""
+    sized = {name for port in ports for dim in port.type.dims for name in dim_names(dim)}
+    read = {name for node in ir.walk(clause.expr) if isinstance(node, ir.DimValue) for name in dim_names(node.dim)}
+    return sorted(read - sized)
 
 
 def _range_check(name: str, low: float, high: float) -> Mask:

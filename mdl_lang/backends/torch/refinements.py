@@ -3,12 +3,15 @@
 Shapes and dtypes are properties of the whole call (a wrong shape blames the
 whole batch); ranges and `finite` hold per sample, so they yield masks like
 clauses do. Symbolic dims bind at their first use in a call and must agree
-at every later use, across inputs and outputs, as in jaxtyping.
+at every later use, across inputs and outputs, as in jaxtyping. An axis
+sized by an expression (`C // 2`, `H * W`) binds its one unknown when a
+single value fits, and otherwise waits for an axis that binds the names.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -111,8 +114,10 @@ def _shape_problem(dims: tuple[ir.Dim, ...], shape: tuple[int, ...], bound: dict
             return f"axis {axis}: {problem}"
     for axis, dim, size in deferred:
         problem = _bind(dim, size, bound)
+        if problem == "later":
+            problem = _pend(dim, size, bound)
         if problem:
-            return f"axis {axis}: {problem if problem != 'later' else f'{dim} cannot be solved from sizes given'}"
+            return f"axis {axis}: {problem}"
     return None
 
 
@@ -129,7 +134,7 @@ def _bind(dim: ir.Dim, size: int, bound: dict[str, int]) -> str | None:
         case ir.DimVar(name=name):
             if name not in bound:
                 bound[name] = size
-                return None
+                return _settle(bound)
             return None if bound[name] == size else f"`{name}` is {bound[name]} elsewhere in this call, here {size}"
         case ir.DimBinary():
             value = dim_size(dim, bound)
@@ -159,24 +164,166 @@ def dim_size(dim: ir.Dim, bound: dict[str, int]) -> int | None:
 
 
 def _solve_one(dim: ir.Dim, size: int, bound: dict[str, int]) -> str | None:
-    """Bind the one unknown of `a*S + c == size`; anything else waits for other axes."""
+    """Solve `dim == size` for its one unknown name; with several unknowns, wait for other axes.
+
+    The name is bound only when exactly one positive value fits: `C // 2`
+    of size 3 leaves C at 6 or 7, so the equation is kept pending (`_pend`)
+    and checked once another axis binds C. No value fitting is the error.
+    """
     unknowns = _unknowns(dim, bound)
     if len(unknowns) != 1:
         return "later"
     name = unknowns.pop()
-    for candidate in (1, 2):
-        bound[name] = candidate
-        value = dim_size(dim, bound)
-        del bound[name]
-        if value is None:
-            return "later"
-        if candidate == 1:
-            first = value
-    slope, intercept = value - first, 2 * first - value
-    if slope == 0 or (size - intercept) % slope or (size - intercept) // slope <= 0:
+    fits = _fitting(dim, name, size, bound)
+    if not fits:
         return f"no positive {name} makes {dim} equal {size}"
-    bound[name] = (size - intercept) // slope
-    return None if dim_size(dim, bound) == size else f"no positive {name} makes {dim} equal {size}"
+    if len(fits) > 1:
+        return _pend(dim, size, bound)
+    bound[name] = fits[0]
+    return _settle(bound)
+
+
+_PENDING: dict[str, ir.Dim] = {}
+"""The dims of equations accepted before their names were bound, by the text that keys them in a call's dims.
+
+A call's dims are a plain name-to-size dict (copied from inputs to outputs,
+shown in reports), so an equation waiting for its names is kept there under
+its text, `C // 2=3`, which no dim name can be; this table reads it back.
+"""
+
+
+def _pend(dim: ir.Dim, size: int, bound: dict[str, int]) -> str | None:
+    """Accept `dim == size` while several values of its names fit; `_settle` checks it once they are bound."""
+    key = str(dim)
+    if bound.get(key, size) != size:
+        return f"{dim} is {bound[key]} elsewhere in this call, here {size}"
+    _PENDING.setdefault(key, dim)
+    bound[key] = size
+    return None
+
+
+def _settle(bound: dict[str, int]) -> str | None:
+    """Check the pending equations whose names are all bound now, dropping those that hold."""
+    for key in [key for key in bound if key in _PENDING]:
+        value = dim_size(_PENDING[key], bound)
+        if value is None:
+            continue
+        if value != bound[key]:
+            names = ", ".join(f"{name}={bound[name]}" for name in sorted(dim_names(_PENDING[key])))
+            return f"{names} makes {key} = {value}, where another axis of this call is {bound[key]}"
+        del bound[key]
+    return None
+
+
+_LIMIT = 1 << 40
+"""Past any tensor's size: where the search of a monotone dim's unknown gives up."""
+
+_SCAN_LIMIT = 1 << 16
+"""The most values tried for the unknown of a dim that is not monotone in it."""
+
+
+def _fitting(dim: ir.Dim, name: str, size: int, bound: dict[str, int]) -> list[int]:
+    """Positive values of `name` that make `dim` equal `size`: none, the one, or two of several.
+
+    A dim monotone in its unknown (every linear one, `C // 2`, `C * C`) is
+    searched by bisection; any other is tried value by value up to a limit
+    that grows with the size and with the divisors a `//` brings.
+    """
+    def at(value: int) -> int | None:
+        return _at(dim, name, value, bound)
+
+    direction = _direction(dim, name, bound)
+    if direction is None:
+        limit = min(_SCAN_LIMIT, 2 * (abs(size) + 2) * _divisors(dim, bound))
+        return [value for value in range(1, limit + 1) if at(value) == size][:2]
+    if direction == 0:
+        return [1, 2] if at(1) == size else []
+    first = _first(lambda value: direction * at(value) >= direction * size)
+    if first is None or at(first) != size:
+        return []
+    return [first, first + 1] if at(first + 1) == size else [first]
+
+
+def _first(reached: Callable[[int], bool]) -> int | None:
+    """The least positive integer where a monotone test turns true (doubling, then bisection); None past `_LIMIT`."""
+    high = 1
+    while not reached(high):
+        if high >= _LIMIT:
+            return None
+        high *= 2
+    low = high // 2 + 1 if high > 1 else 1
+    while low < high:
+        middle = (low + high) // 2
+        if reached(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def _at(dim: ir.Dim, name: str, value: int, bound: dict[str, int]) -> int | None:
+    return dim_size(dim, {**bound, name: value})
+
+
+def _direction(dim: ir.Dim, name: str, bound: dict[str, int]) -> int | None:
+    """How `dim` moves as `name` grows over the positive integers (the other names bound).
+
+    1: never down, -1: never up, 0: does not depend on it, None: unknown.
+    """
+    match dim:
+        case ir.DimVar(name=other):
+            return 1 if other == name else 0
+        case ir.DimBinary(op=op, left=left, right=right):
+            a, b = _direction(left, name, bound), _direction(right, name, bound)
+            if a is None or b is None:
+                return None
+            if op == "+":
+                return _same_way(a, b)
+            if op == "-":
+                return _same_way(a, -b)
+            if op == "//":
+                divisor = dim_size(right, bound) if b == 0 else None
+                return a * _sign(divisor) if divisor else None
+            return _product_direction(left, right, (a, b), name, bound)
+    return 0
+
+
+def _same_way(a: int, b: int) -> int | None:
+    """The direction of a sum of two terms moving in directions `a` and `b`."""
+    if a in (0, b):
+        return b
+    return a if b == 0 else None
+
+
+def _product_direction(
+    left: ir.Dim, right: ir.Dim, directions: tuple[int, int], name: str, bound: dict[str, int],
+) -> int | None:
+    """A product turns with a constant factor's sign; two growing factors that start non-negative grow."""
+    a, b = directions
+    if a == 0 or b == 0:
+        factor = dim_size(left if a == 0 else right, bound)
+        return None if factor is None else (a or b) * _sign(factor)
+    starts = (_at(left, name, 1, bound), _at(right, name, 1, bound))
+    if a == b == 1 and all(start is not None and start >= 0 for start in starts):
+        return 1
+    return None
+
+
+def _sign(value: int) -> int:
+    return (value > 0) - (value < 0)
+
+
+def _divisors(dim: ir.Dim, bound: dict[str, int]) -> int:
+    """The product of the known divisors of `dim`'s `//`: how far past the size its unknown may reach."""
+    if not isinstance(dim, ir.DimBinary):
+        return 1
+    own = abs(dim_size(dim.right, bound) or 1) if dim.op == "//" else 1
+    return own * _divisors(dim.left, bound) * _divisors(dim.right, bound)
+
+
+def dim_names(dim: ir.Dim) -> set[str]:
+    """The symbolic dims a dim is written with (`C` for `C // 2`)."""
+    return _unknowns(dim, {})
 
 
 def _unknowns(dim: ir.Dim, bound: dict[str, int]) -> set[str]:
