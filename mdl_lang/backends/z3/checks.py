@@ -20,7 +20,9 @@ naming the free dims and the size tried, never a proof or an error.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from mdl_lang import ir
 from mdl_lang.backends.z3.encode import DEFAULT_DIM_SIZE
@@ -46,6 +48,16 @@ from mdl_lang.semantics.shapes import rename_apart
 from mdl_lang.span import Span
 
 OUTSIDE = "statistical and relational clauses are outside the Z3 spec check"
+
+
+class Misfit(NamedTuple):
+    """What a refuted fit reports: its code, message, blame, notes and help."""
+
+    code: str
+    message: str
+    blame: Blame
+    notes: tuple[Note, ...]
+    help: str
 
 
 @dataclass(frozen=True)
@@ -407,25 +419,35 @@ class SpecProofs:
     def _pipe_outcome(self, obligation: ir.Implication, left: str, right: str, goal: Goal, outcome: Outcome,
                       renamings: tuple[Note, ...]) -> None:
         owner = obligation.composition or f"{left} >> {right}"
+
+        def misfit(model: str) -> Misfit:
+            return Misfit(
+                "E0602",
+                f"`{left} >> {right}`: the parts do not fit: {model} {verb(outcome.model, 'satisfies', 'satisfy')} "
+                f"`{left}`'s ensures but {verb(outcome.model, 'breaks', 'break')} `{right}`'s {goal.text}",
+                Blame(owner, Role.COMPOSITION, (owner, right), f"`{left}` promises too little for `{right}`"),
+                (Note(f"`{right}` requires this", goal.span), *renamings),
+                f"strengthen the ensures of `{left}`, weaken the requires of `{right}`, or put a stage between "
+                "them that establishes it",
+            )
+
+        self._settle(owner, goal, outcome, obligation.span, "requires",
+                     f"`{left}`'s ensures imply `{right}`'s {goal.text}", misfit)
+
+    def _settle(self, owner: str, goal: Goal, outcome: Outcome, span: Span, kind: str, question: str,
+                misfit: Callable[[str], Misfit]) -> None:
+        """Record the answer to whether `goal` holds: a pass, an unknown (W0601), or the misfit the counter-model
+        shows, reported once at `span`."""
         if outcome.answer is Answer.PROVED:
-            self._goal_result(owner, goal, Verdict.PASS, f"`{left}`'s ensures imply `{right}`'s {goal.text}", None)
+            self._goal_result(owner, goal, Verdict.PASS, question, None, kind)
             return
         if outcome.answer is Answer.UNKNOWN:
-            self._unknown(owner, None, "requires", f"whether `{left}`'s ensures imply `{right}`'s {goal.text}",
-                          outcome, obligation.span, goal)
+            self._unknown(owner, None, kind, f"whether {question}", outcome, span, goal)
             return
-        model = render_model(outcome.model)
-        message = f"`{left} >> {right}`: the parts do not fit: {model} " \
-                  f"{verb(outcome.model, 'satisfies', 'satisfy')} `{left}`'s ensures but " \
-                  f"{verb(outcome.model, 'breaks', 'break')} `{right}`'s {goal.text}"
-        blame = Blame(owner, Role.COMPOSITION, (owner, right), f"`{left}` promises too little for `{right}`")
-        self._goal_result(owner, goal, Verdict.FAIL, message, blame)
-        if self._once("E0602", obligation.span, goal.span):
-            self.diagnostics.append(Diagnostic(
-                "E0602", message, obligation.span, notes=(Note(f"`{right}` requires this", goal.span), *renamings),
-                help=f"strengthen the ensures of `{left}`, weaken the requires of `{right}`, or put a stage between "
-                "them that establishes it",
-            ))
+        found = misfit(render_model(outcome.model))
+        self._goal_result(owner, goal, Verdict.FAIL, found.message, found.blame, kind)
+        if self._once(found.code, span, goal.span):
+            self.diagnostics.append(Diagnostic(found.code, found.message, span, notes=found.notes, help=found.help))
 
     # ------------------------------------------------------------ a composition against its own interface
 
@@ -462,26 +484,23 @@ class SpecProofs:
 
     def _entry_outcome(self, whole: Party, part: str, goal: Goal, outcome: Outcome, span: Span,
                        renamings: tuple[Note, ...]) -> None:
-        owner, question = whole.name, f"`{whole.name}`'s requires and input types imply `{part}`'s {goal.text}"
-        if outcome.answer is Answer.PROVED:
-            self._goal_result(owner, goal, Verdict.PASS, question, None)
-            return
-        if outcome.answer is Answer.UNKNOWN:
-            self._unknown(owner, None, "requires", f"whether {question}", outcome, span, goal)
-            return
-        model = render_model(outcome.model)
-        message = f"`{owner}` admits inputs its part `{part}` rejects: {model} " \
-                  f"{verb(outcome.model, 'satisfies', 'satisfy')} `{owner}`'s requires and input types but " \
-                  f"{verb(outcome.model, 'breaks', 'break')} `{part}`'s {goal.text}"
-        blame = Blame(owner, Role.COMPOSITION, (owner, part), f"its interface admits inputs `{part}` rejects")
-        self._goal_result(owner, goal, Verdict.FAIL, message, blame)
-        if self._once("W0602", span, goal.span):
-            self.diagnostics.append(Diagnostic(
-                "W0602", message, span, notes=(Note(f"`{part}` requires this", goal.span), *renamings),
-                help=f"weaken the requires of `{part}`, or strengthen the requires or input types of `{owner}` "
+        owner = whole.name
+
+        def misfit(model: str) -> Misfit:
+            return Misfit(
+                "W0602",
+                f"`{owner}` admits inputs its part `{part}` rejects: {model} "
+                f"{verb(outcome.model, 'satisfies', 'satisfy')} `{owner}`'s requires and input types but "
+                f"{verb(outcome.model, 'breaks', 'break')} `{part}`'s {goal.text}",
+                Blame(owner, Role.COMPOSITION, (owner, part), f"its interface admits inputs `{part}` rejects"),
+                (Note(f"`{part}` requires this", goal.span), *renamings),
+                f"weaken the requires of `{part}`, or strengthen the requires or input types of `{owner}` "
                 f"(its interface {whole.component.interface.name}); as it stands the monitor blames `{owner}` "
                 "for such inputs",
-            ))
+            )
+
+        self._settle(owner, goal, outcome, span, "requires",
+                     f"`{owner}`'s requires and input types imply `{part}`'s {goal.text}", misfit)
 
     def _exit(self, spec: ir.Spec, composition: ir.Composition, span: Span) -> None:
         """Whenever the composition's requires and every part's contract hold, its output types and ensures
@@ -525,32 +544,27 @@ class SpecProofs:
     def _exit_outcome(self, composition: ir.Composition, last: str, goal: Goal, outcome: Outcome, span: Span,
                       exact: bool) -> None:
         owner, parts = composition.name, _node_name(composition.expr)
-        if outcome.answer is Answer.PROVED:
-            self._goal_result(owner, goal, Verdict.PASS, f"the contracts of `{parts}` establish `{owner}`'s "
-                              f"{goal.text}", None, "ensures")
-            return
-        if not exact:
+        if outcome.answer is not Answer.PROVED and not exact:
             self._goal_result(owner, goal, Verdict.SKIP, f"whether `{parts}` establishes `{owner}`'s {goal.text} "
                               "is left to the monitor and `mdl test`: a vote's output is not any one part's "
                               "output, and its value range alone does not settle it", None, "ensures")
             return
-        if outcome.answer is Answer.UNKNOWN:
-            self._unknown(owner, None, "ensures", f"whether the contracts of `{parts}` establish `{owner}`'s "
-                          f"{goal.text}", outcome, span, goal)
-            return
-        model = render_model(outcome.model)
-        message = f"`{owner}`'s parts do not establish what it promises: {model} " \
-                  f"{verb(outcome.model, 'satisfies', 'satisfy')} the contracts of `{parts}` but " \
-                  f"{verb(outcome.model, 'breaks', 'break')} `{owner}`'s {goal.text}"
-        blame = Blame(owner, Role.COMPOSITION, (owner,), "its parts' contracts are too weak to establish it")
-        self._goal_result(owner, goal, Verdict.FAIL, message, blame, "ensures")
-        if self._once("W0603", span, goal.span):
-            self.diagnostics.append(Diagnostic(
-                "W0603", message, span, notes=(Note(f"`{owner}` promises this", goal.span),),
-                help=f"strengthen the ensures of `{last}` (its last part), weaken what `{owner}` "
-                "promises, or add a stage that establishes it; as it stands the monitor blames "
-                f"`{owner}` whenever its parts' output breaks it",
-            ))
+
+        def misfit(model: str) -> Misfit:
+            return Misfit(
+                "W0603",
+                f"`{owner}`'s parts do not establish what it promises: {model} "
+                f"{verb(outcome.model, 'satisfies', 'satisfy')} the contracts of `{parts}` but "
+                f"{verb(outcome.model, 'breaks', 'break')} `{owner}`'s {goal.text}",
+                Blame(owner, Role.COMPOSITION, (owner,), "its parts' contracts are too weak to establish it"),
+                (Note(f"`{owner}` promises this", goal.span),),
+                f"strengthen the ensures of `{last}` (its last part), weaken what `{owner}` promises, or add a "
+                f"stage that establishes it; as it stands the monitor blames `{owner}` whenever its parts' "
+                "output breaks it",
+            )
+
+        self._settle(owner, goal, outcome, span, "ensures",
+                     f"the contracts of `{parts}` establish `{owner}`'s {goal.text}", misfit)
 
     def _interface_dims(self, spec: ir.Spec, composition: ir.Composition, span: Span) -> None:
         """The dims of the declared interface against its parts'. Unification binds a dim of either side to
