@@ -113,7 +113,7 @@ def input_region(component: ir.Module, input_shape: tuple[int, ...]) -> InputReg
     for clause in component.all_clauses:
         if clause.kind != "requires":
             continue
-        for constraint in _conditions(clause.expr, port.name, input_shape, f"`requires {clause.name}`"):
+        for constraint in _conditions(clause.expr, port.name, input_shape, f"the requires `{clause.name}`"):
             constraints.append(constraint)
             origins.append(clause.name)
             _narrow_box(constraint, lower, upper)
@@ -259,7 +259,7 @@ def ensures_unsafe(expr: ir.Expr, output_port: str, output_size: int) -> Unsafe:
             tolerance = _constant(expr.tolerance) if expr.tolerance is not None else None
             unsafe += _violations(_form(left, output_port, shape), op, _form(right, output_port, shape), tolerance)
         return unsafe
-    raise Untranslatable(f"`{type(expr).__name__}` is outside the linear fragment the verifier decides")
+    raise Untranslatable(f"{described(expr)} is outside the linear fragment the verifier decides")
 
 
 def _violations(left: Form, op: str, right: Form, tolerance: float | None = None) -> Unsafe:
@@ -351,8 +351,7 @@ def _form(expr: ir.Expr, port: str, shape: tuple[int, ...]) -> Form:
         inner = _form(expr.args[0], port, shape)
         factor = 1.0 if expr.function == "sum" else 1.0 / inner.rows
         return Form(inner.matrix.sum(0, keepdim=True) * factor, inner.constant.sum(0, keepdim=True) * factor)
-    name = expr.function if isinstance(expr, ir.Call) else type(expr).__name__
-    raise Untranslatable(f"`{name}` is not linear in `{port}`")
+    raise Untranslatable(f"{described(expr)} is not linear in `{port}`")
 
 
 def _is_constant(expr: ir.Expr) -> bool:
@@ -385,3 +384,21 @@ def _numel(shape: tuple[int, ...]) -> int:
     for dim in shape:
         total *= dim
     return total
+
+
+_FORMS = {
+    "SelfCall": "`self(...)`", "LabelQuantifier": "a `forall`/`exists` over labels",
+    "BallQuantifier": "a `forall ... within ... of` ball", "Statistic": "a statistical measure",
+    "InLabels": "a label-set test (`in L`)", "Logic": "`or`", "Not": "`not`", "Neg": "a negation",
+    "Index": "an index", "VarRef": "a quantified variable", "DimValue": "a dim", "LabelConst": "a label",
+}
+"""How a reason names an expression the verifier does not take, in the spec's words."""
+
+
+def described(expr: ir.Expr) -> str:
+    """An expression as a reason names it: a call by its function, other forms as the spec writes them."""
+    if isinstance(expr, ir.Call):
+        return f"`{expr.function}(...)`"
+    if isinstance(expr, ir.Logic):
+        return f"`{expr.op}`"
+    return _FORMS.get(type(expr).__name__, "this expression")

@@ -161,3 +161,15 @@ def test_z3_timeout_on_a_leaf_is_unknown(monkeypatch) -> None:
     assert outcome.verdict == "unknown"
     assert "Z3" in outcome.reason
     assert outcome.statistics.z3_calls == 1
+
+
+def test_reasons_name_what_the_verifier_does_not_take_in_the_specs_words() -> None:
+    from mdl_lang import ir
+    from mdl_lang.verify.clauses import described
+
+    boolean = ir.ValueType(ir.Element.BOOL)
+    labels = ir.LabelSet((0, 1))
+    assert described(ir.Call("monotone", (), (), boolean)) == "`monotone(...)`"
+    assert described(ir.SelfCall((), "y", boolean)) == "`self(...)`"
+    assert described(ir.LabelQuantifier("forall", "l", labels, ir.Const(True, boolean), boolean)) == \
+        "a `forall`/`exists` over labels"

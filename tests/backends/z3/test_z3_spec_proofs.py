@@ -465,3 +465,26 @@ def test_label_quantifiers_indexing_and_argmax_are_encoded_exactly(check: Check)
     refuted = run("forall l in Low: z[l] <= 0.9")
     assert pipe_verdicts(refuted) == [Verdict.FAIL]
     assert refuted.diagnostics[0].message.startswith("`a >> b`: the parts do not fit: z[0] = ")
+
+
+def test_a_vote_before_a_stage_is_never_refuted_on_its_value_range_alone(check: Check) -> None:
+    # Each part's winning score is at least 0.5 (two scores summing to 1) and the vote keeps the winner's
+    # score, so `h` gets what it needs; Z3 sees only the vote's range [0, 1], which is not a counter-model.
+    result = check("""
+labels K = {0, 1}
+labels J = {2, 3}
+labels KJ = K | J
+interface PK { input x: Tensor[B, 4] float32 in [0, 1]  output y: Tensor[B, K] float32 in [0, 1]
+  ensures sum(y) == 1 within 1e-6 }
+interface PJ { input x: Tensor[B, 4] float32 in [0, 1]  output y: Tensor[B, J] float32 in [0, 1]
+  ensures sum(y) == 1 within 1e-6 }
+interface Head { input s: Tensor[B, KJ] float32  output o: Tensor[B, 1] float32  requires max(s) >= 0.49 }
+interface W { input x: Tensor[B, 4] float32 in [0, 1]  output o: Tensor[B, 1] float32 }
+module pk : PK
+module pj : PJ
+module h : Head
+compose c : W = vote(pk, pj) >> h
+""")
+    assert not any(diagnostic.code == "E0602" for diagnostic in result.diagnostics)
+    assert any(diagnostic.code == "W0601" and "not any one part's" in diagnostic.message
+               for diagnostic in result.diagnostics)
