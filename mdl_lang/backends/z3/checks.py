@@ -520,6 +520,10 @@ class SpecProofs:
         not any one part's output: only its value range is known, so a chain through a vote proves or skips,
         never refutes."""
         whole = Party(composition.name, composition)
+        for clause in whole.outside("ensures"):
+            self._result(whole.name, clause, "ensures", Verdict.SKIP,
+                         f"whether `{whole.name}`'s parts establish it is not asked: {OUTSIDE} (`mdl test` "
+                         "checks it)", None)
         ensures = whole.clauses("ensures")
         if not ensures and all(port.type.value_range is None for port in whole.outputs):
             return

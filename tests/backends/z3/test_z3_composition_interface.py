@@ -324,3 +324,13 @@ def test_mdl_test_runs_a_composition_with_a_warning_and_blames_it(
     failed = [r for r in document["results"] if r["verdict"] == "fail"]
     assert status == 1 and failed, "the test ran: inputs above 5 break `n`'s input type"
     assert {r["blame"]["party"] for r in failed} == {"c"}
+
+
+def test_a_compositions_relational_ensures_is_listed_as_skipped_not_left_out(check: Check) -> None:
+    result = check("""
+compose c : Wide = w {
+  ensures steady: forall x2 within 0.01 of x (linf): self(x2) == z within 0.1
+}
+""")
+    [skipped] = [r for r in results(result, "c", "ensures") if r.clause == "steady"]
+    assert skipped.verdict is Verdict.SKIP and "mdl test" in skipped.message
