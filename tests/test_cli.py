@@ -291,3 +291,27 @@ def test_mdl_replay_of_a_file_that_is_not_a_replay_is_one_line(tmp_path, capsys)
     assert main(["replay", str(tmp_path / "fake.pt")]) == 2
     err = capsys.readouterr().err.strip()
     assert "is not an mdl replay file" in err and len(err.splitlines()) == 1
+
+
+DATA_BROKEN = """\
+labels C = {0..2}
+dim B : batch
+type In = Tensor[B, 3] float32 in [0, 1]
+interface D { input x: In  output y: Tensor[B, C] float32 }
+data broken : (In, C) { python "factories_d:nosuch" }
+module a : D {
+  python "factories_d:lin"
+  ensures big: y[0] >= 10
+  ensures accuracy(y) >= 0.1 on broken
+}
+"""
+
+
+def test_a_data_set_that_cannot_be_imported_keeps_the_modules_other_verdicts(tmp_path, capsys) -> None:
+    (tmp_path / "factories_d.py").write_text("from torch import nn\n\ndef lin():\n    return nn.Linear(3, 3)\n")
+    spec = spec_file(tmp_path, DATA_BROKEN)
+    assert main(["test", str(spec), "--max-examples", "5", "--format", "json"]) == 2
+    captured = capsys.readouterr()
+    verdicts = {result["clause"]: result["verdict"] for result in json.loads(captured.out)["results"]}
+    assert verdicts["big"] == "fail" and "unknown" in verdicts.values()
+    assert "nosuch" in captured.err

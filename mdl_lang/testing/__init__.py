@@ -8,9 +8,12 @@ from torch import nn
 
 from mdl_lang.compiler import CheckedSpec, load
 from mdl_lang.report import Result, Verdict, render_result
-from mdl_lang.testing.runner import ClauseItem, ContractTester, TestSettings, clause_items
+from mdl_lang.testing.runner import ClauseItem, ContractTester, PartlyUntested, TestSettings, clause_items
 
-__all__ = ["ClauseItem", "ContractTestFailure", "ContractTester", "TestSettings", "check_contracts", "clause_items"]
+__all__ = [
+    "ClauseItem", "ContractTestFailure", "ContractTester", "PartlyUntested", "TestSettings", "check_contracts",
+    "clause_items",
+]
 
 
 class ContractTestFailure(AssertionError):
@@ -33,7 +36,9 @@ def check_contracts(
 ) -> list[Result]:
     """Test every clause of `name` on `module` (or its parts); raise ContractTestFailure if one fails.
 
-    With `strict`, an `unknown` verdict fails too.
+    The modules run in eval mode, each submodule's `training` flag restored afterwards. With `strict`, an
+    `unknown` verdict fails too. A binding that cannot be loaded raises BindingError (PartlyUntested when
+    some clauses were tested: it holds their results).
     """
     checked = spec if isinstance(spec, CheckedSpec) else load(spec)
     tester = ContractTester(checked, settings or TestSettings(replay_dir=None))

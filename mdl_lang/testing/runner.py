@@ -15,9 +15,10 @@ This module orchestrates backends; it is the one place that imports several.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -41,6 +42,13 @@ from mdl_lang.span import Span
 from mdl_lang.testing.shrink import shrink_batch
 
 PARTS_FIT = "parts fit"
+
+_RAN_ON = {
+    "pbt": "on an input that keeps its requires",
+    "stat": "on the clause's data set",
+    "cost": "while its cost was measured",
+}
+"""Where a module that raised was run, by the backend of the test, for the blame."""
 
 
 @dataclass
@@ -126,6 +134,47 @@ class _ClauseFailed(Exception):
     """Raised inside a hypothesis property so that hypothesis shrinks the batch."""
 
 
+class PartlyUntested(BindingError):
+    """Bindings that some clauses need could not be loaded: an environment error, after the run.
+
+    `results` holds every verdict of the run, those clauses `unknown` with the binding error as the
+    reason, so that the failures found on the way are still reported.
+    """
+
+    def __init__(self, errors: list[BindingError], results: list[Result]) -> None:
+        super().__init__("\n".join(dict.fromkeys(str(error) for error in errors)))
+        self.results = results
+
+
+class _Raised(Exception):
+    """The module under test raised while a backend ran it: a failure blamed on the module, not a bug of mdl.
+
+    `path` is the innermost monitored component the error came out of, else the component that was run.
+    """
+
+    def __init__(self, error: Exception, path: tuple[str, ...]) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
+        self.path: tuple[str, ...] = getattr(error, RAISED_IN, None) or path
+
+
+class _Guarded(nn.Module):
+    """A module under test whose exceptions come out as `_Raised`, so that an exception of the module is told
+    apart from one of the backend running it. A wrapper module, not a function: the cost backend counts its
+    parameters and switches its mode, which reach the wrapped module as a submodule."""
+
+    def __init__(self, module: nn.Module, path: tuple[str, ...]) -> None:
+        super().__init__()
+        self.module = module
+        self.path = path
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        try:
+            return self.module(*args, **kwargs)
+        except Exception as error:
+            raise _Raised(error, self.path) from error
+
+
 @dataclass
 class _Found:
     result: Result | None = None
@@ -160,6 +209,20 @@ class ContractTester:
             self.provide(name)
         return self._models[name]
 
+    def _guarded(self, name: str, path: tuple[str, ...] | None = None) -> nn.Module:
+        """The module bound to `name` (unmonitored), its exceptions raised as `_Raised` blamed on `path`."""
+        return _Guarded(self._raw(name), path or (name,))
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        """Every module in eval mode, as it is used for inference (what contracts describe), each submodule's
+        `training` flag restored afterwards: a test must not measure Dropout's noise or change BatchNorm's
+        running statistics."""
+        with contextlib.ExitStack() as stack:
+            for model in self._models.values():
+                stack.enter_context(cost_backend.evaluation_mode(model))
+            yield
+
     def _monitored(self, name: str, replay_dir: Path | None = None) -> nn.Module:
         raw = self._raw(name)
         component = self.spec.component(name)
@@ -172,23 +235,37 @@ class ContractTester:
     # ------------------------------------------------------------ running
 
     def run(self, name: str, only: set[str] | None = None) -> list[Result]:
-        """Every test of a component (or only the named clauses)."""
+        """Every test of a component (or only the named clauses).
+
+        Raises PartlyUntested, which holds the results, when a binding that some clauses need cannot be loaded.
+        """
         items = [item for item in clause_items(self.spec, name) if only is None or item.name in only]
         try:
             self._raw(name)
         except MissingBinding as error:
             return [self._skip(item, f"no module to test: {error}") for item in items]
+        unbound: list[BindingError] = []
         results = []
         for position, item in enumerate(items, start=1):
             started = time.perf_counter()
-            result = self.run_item(item)
+            try:
+                result = self.run_item(item)
+            except BindingError as error:
+                # An environment error of this clause only: the others still run and are reported.
+                unbound.append(error)
+                result = self._result(item, Verdict.UNKNOWN, f"a binding it needs cannot be loaded: {error}")
             results.append(result)
             self._progress(f"[{position}/{len(items)}] {item.component} · {item.name} ({item.backend}): "
                            f"{result.verdict.value} in {time.perf_counter() - started:.1f}s")
+        if unbound:
+            raise PartlyUntested(unbound, results)
         return results
 
     def run_item(self, item: ClauseItem) -> Result:
-        """One test, its verdict and, on failure, its blame and witness."""
+        """One test, its verdict and, on failure, its blame and witness; run with every module in eval mode.
+
+        Raises BindingError when a binding the test needs cannot be loaded.
+        """
         if item.kind == "requires":
             return self._skip(item, "a requires is the caller's obligation; `mdl test` draws inputs that keep it")
         try:
@@ -196,13 +273,16 @@ class ContractTester:
         except MissingBinding as error:
             return self._skip(item, f"no module to test: {error}")
         try:
-            if item.backend == "cost":
-                return self._cost(item)
-            if item.backend == "stat":
-                return self._statistical(item)
-            if item.fragment == ir.Fragment.RELATIONAL.value:
-                return self._relational(item)
-            return self._per_sample(item)
+            with self._inference():
+                if item.backend == "cost":
+                    return self._cost(item)
+                if item.backend == "stat":
+                    return self._statistical(item)
+                if item.fragment == ir.Fragment.RELATIONAL.value:
+                    return self._relational(item)
+                return self._per_sample(item)
+        except _Raised as raised:
+            return self._crash(item, raised)
         except (UnsupportedClause, statistics.UnsupportedStatistic, MissingBinding) as reason:
             return self._unreachable(item, str(reason))
         except (strategies.StarvedRequires, strategies.UnsatisfiableRequires) as starved:
@@ -217,6 +297,7 @@ class ContractTester:
     def _per_sample(self, item: ClauseItem) -> Result:
         component = self.spec.component(item.component)
         monitored = self._monitored(item.component)
+        guarded = _Guarded(monitored, (item.component,))
         found = _Found()
         inputs = component.interface.inputs
 
@@ -233,11 +314,11 @@ class ContractTester:
         def property_(batch: dict[str, torch.Tensor]) -> None:
             monitored.reports.clear()
             try:
-                monitored(*(batch[port.name] for port in inputs))
-            except Exception as error:
-                found.result = self._crash(item, error)
+                guarded(*(batch[port.name] for port in inputs))
+            except _Raised as raised:
+                found.result = self._crash(item, raised)
                 found.batch = batch
-                raise _ClauseFailed from error
+                raise _ClauseFailed from raised
             if not item.name.startswith(TYPE_CHECK):
                 untyped.extend(report for report in monitored.reports if _output_type_failure(report, item))
             matches = [report for report in monitored.reports if failing(report)]
@@ -320,25 +401,46 @@ class ContractTester:
         matches = [r for r in monitored.reports if r.verdict is Verdict.FAIL and (
             r.clause == found.result.clause and r.component == found.result.component)]
         result = matches[0] if matches else found.result
+        witness = result.witness
+        saved = matches and result.component == item.component and witness is not None and witness.replay
+        if saved and not self._fails_alone(item, found, result):
+            witness = _whole_batch_replay(witness, found.batch)
         return Result(
             item.component, item.name, item.kind, item.fragment, "pbt", Verdict.FAIL, result.span, result.message,
-            result.blame, result.witness,
+            result.blame, witness,
         )
 
-    def _crash(self, item: ClauseItem, error: Exception) -> Result:
+    def _fails_alone(self, item: ClauseItem, found: _Found, result: Result) -> bool:
+        """Whether the failing samples, without the rest of their batch, still fail the clause: the monitor
+        saves only them for replay, which reproduces nothing when the module mixes samples (`x - x.mean(0)`)."""
+        component = self.spec.component(item.component)
+        samples = list(result.witness.samples) if result.witness is not None else []
+        if not samples or len(samples) == _batch_of(found.batch):
+            return True
+        batched = _batched_inputs(component)
+        alone = {name: tensor[samples] if name in batched else tensor for name, tensor in found.batch.items()}
+        monitored = self._monitored(item.component)
+        try:
+            with torch.no_grad():
+                monitored(*(alone[port.name] for port in component.interface.inputs))
+        except Exception:  # noqa: BLE001 - a crash on the samples alone is not the failure being saved
+            return False
+        return any(r.verdict is Verdict.FAIL and r.component == result.component and r.clause == result.clause
+                   for r in monitored.reports)
+
+    def _crash(self, item: ClauseItem, raised: _Raised) -> Result:
         """The module raised: blame the innermost monitored part it came out of (the item's own component
         when it is a module, or when the composition itself raised)."""
-        path = getattr(error, RAISED_IN, None) or (item.component,)
-        party = Blame(path[-1], Role.MODULE, path,
-                      f"raised {type(error).__name__} on an input that keeps its requires: {error}")
-        return Result(item.component, item.name, item.kind, item.fragment, "pbt", Verdict.FAIL, item.span,
+        path, error = raised.path, raised.error
+        party = Blame(path[-1], Role.MODULE, path, f"raised {type(error).__name__} {_RAN_ON[item.backend]}: {error}")
+        return Result(item.component, item.name, item.kind, item.fragment, item.backend, Verdict.FAIL, item.span,
                       f"`{path[-1]}` raised {type(error).__name__}", party)
 
     # ------------------------------------------------------------ relational
 
     def _relational(self, item: ClauseItem) -> Result:
         component = self.spec.component(item.component)
-        model = self._raw(item.component)
+        model = self._guarded(item.component)
         generator = torch.Generator().manual_seed(self.settings.seed)
         found = _Found()
         verdicts = []
@@ -350,10 +452,14 @@ class ContractTester:
                 return model(*args)
 
         def property_(batch: dict[str, torch.Tensor]) -> None:
-            verdict = relational.check_relational(
-                item.clause, call, batch, component.interface.ports, generator=generator, first_only=True,
-                admissible=admissible,
-            )
+            try:
+                verdict = relational.check_relational(
+                    item.clause, call, batch, component.interface.ports, generator=generator, first_only=True,
+                    admissible=admissible,
+                )
+            except _Raised as raised:
+                found.result = self._crash(item, raised)
+                raise _ClauseFailed from raised
             verdicts.append(verdict)
             if verdict.failing:
                 path = (item.component,)
@@ -436,11 +542,12 @@ class ContractTester:
         """The failures of the parts of composition `name` on a data set, one per blamed part, as the monitor
         blames them; run only after the composition's own clause failed on that data."""
         monitored = self._monitored(name)
+        guarded = _Guarded(monitored, (name,))
         faults: dict[str, blame.Fault] = {}
         with torch.no_grad():
             for start in range(0, len(inputs), 1024):
                 monitored.reports.clear()
-                monitored(inputs[start:start + 1024])
+                guarded(inputs[start:start + 1024])
                 for report in monitored.reports:
                     party = report.blame
                     if (report.verdict is Verdict.FAIL and report.component != name and party is not None
@@ -482,7 +589,10 @@ class ContractTester:
         return self._declared_data(clause).labels
 
     def _scores(self, name: str, inputs: torch.Tensor) -> torch.Tensor:
-        model = self._raw(name)
+        if len(inputs) == 0:
+            # No trials: every statistic on the data set is `unknown`, and the module has nothing to score.
+            return torch.empty(0, len(_output_labels(self.spec.component(name))))
+        model = self._guarded(name)
         with torch.no_grad(), monitor_mode("off"):
             return torch.cat([_first(model(inputs[i:i + 1024])) for i in range(0, len(inputs), 1024)])
 
@@ -493,7 +603,7 @@ class ContractTester:
 
     def _cost(self, item: ClauseItem) -> Result:
         component = self.spec.component(item.component)
-        model = self._raw(item.component)
+        model = self._guarded(item.component)
         inputs = component.interface.inputs
         with monitor_mode("off"):
             verdict = cost_backend.measure_cost(
@@ -521,7 +631,7 @@ class ContractTester:
                     continue
                 with monitor_mode("off"):
                     verdict = cost_backend.measure_cost(
-                        cost, self._raw(part_name),
+                        cost, self._guarded(part_name, (*path, part_name)),
                         lambda batch, ports=part.interface.inputs: cost_backend.example_inputs(ports, batch),
                     )
                 if verdict.verdict == "fail":
@@ -604,6 +714,16 @@ def _still_fails(
         return fails & keep(batch)
 
     return still_fails
+
+
+def _whole_batch_replay(witness: Witness, batch: dict[str, torch.Tensor]) -> Witness:
+    """The witness with its replay file holding the whole batch, not only the failing samples, and saying so."""
+    saved = torch.load(witness.replay, weights_only=True)
+    saved["inputs"] = {name: tensor.detach().cpu() for name, tensor in batch.items()}
+    torch.save(saved, witness.replay)
+    note = (f"the whole batch of {_batch_of(batch)}: the failing samples alone do not fail, the module's output "
+            "depends on the other samples of the batch")
+    return replace(witness, values=(*witness.values, ("replay holds", note)))
 
 
 def _checked_data(data: ir.Data, inputs: object, labels: object) -> tuple[torch.Tensor, torch.Tensor]:
