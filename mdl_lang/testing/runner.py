@@ -609,7 +609,8 @@ class ContractTester:
             verdict = cost_backend.measure_cost(
                 item.clause, model, lambda batch: cost_backend.example_inputs(inputs, batch),
             )
-        values = (("measured", f"{verdict.measured:g} {verdict.unit}"), ("limit", f"{verdict.limit:g} {verdict.unit}"))
+        # Numbers alone, so that JSON carries them as numbers; the unit is a value of its own.
+        values = (("measured", f"{verdict.measured:g}"), ("limit", f"{verdict.limit:g}"), ("unit", verdict.unit))
         outcome = Verdict(verdict.verdict)
         party = self._cost_blame(item, component) if outcome is Verdict.FAIL else None
         return Result(item.component, item.name, item.kind, item.fragment, "cost", outcome, item.span,

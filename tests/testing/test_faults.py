@@ -69,6 +69,8 @@ def test_a_cost_limit_exceeded(spec):
     assert result.verdict is Verdict.FAIL and result.backend == "cost"
     assert result.blame.party == "heavy"
     assert dict(result.witness.values)["measured"].startswith("90")
+    entry = result.witness.to_json()["values"]
+    assert isinstance(entry["measured"], (int, float)) and isinstance(entry["limit"], (int, float))
 
 
 def test_a_clause_outside_every_backends_reach_is_an_error(spec):

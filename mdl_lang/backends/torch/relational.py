@@ -618,16 +618,19 @@ def _ball_values(
         if port.name not in outputs:
             continue
         for where, tensor in ((problem.var, outputs[port.name]), (problem.port, ctx.values[port.name])):
-            values.append(_output_value(port, where, tensor[sample]))
+            values += _output_values(port, where, tensor[sample])
     return tuple(values)
 
 
-def _output_value(port: ir.Port, where: str, value: torch.Tensor) -> tuple[str, str]:
+def _output_values(port: ir.Port, where: str, value: torch.Tensor) -> list[tuple[str, str]]:
+    """An output at one point: its values, and for scores over labels the label they pick too (a clause
+    about the scores themselves, `norm(self(x2) - y, 2) <= 0.1`, is read from the values)."""
+    shown = [(f"{port.name} at {where}", summarize(value))]
     dims = port.type.sample_dims
     if len(dims) == 1 and isinstance(dims[0], ir.DimLabels) and value.numel() == len(dims[0].labels):
         label = dims[0].labels.labels[int(value.argmax())]
-        return f"argmax({port.name}) at {where}", ir.format_label(label)
-    return f"{port.name} at {where}", summarize(value)
+        shown.insert(0, (f"argmax({port.name}) at {where}", ir.format_label(label)))
+    return shown
 
 
 # ---------------------------------------------------------------- monotone

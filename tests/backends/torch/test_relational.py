@@ -156,6 +156,7 @@ def test_a_ball_across_the_boundary_has_a_confirmed_counterexample(spec, name, r
     values = dict(verdict.values)
     assert float(values[f"{norm} distance of x2 from x"].split()[0]) <= radius
     assert values["argmax(y) at x"] == "1" and values["argmax(y) at x2"] == "0"
+    assert "y at x" in values and "y at x2" in values, "the scores, for a clause about them rather than the label"
     assert "confirmed by re-running" in verdict.reason
 
 
