@@ -81,8 +81,10 @@ class StarvedRequires(Exception):
     def __str__(self) -> str:
         return (
             f"requires `{self.clause}` rejected {self.rate:.0%} of the first {self.drawn} drawn samples; "
-            "drawing stops here rather than test almost nothing. Narrow it to bounds on an input "
-            "(`all(x >= 0)`, `x in [lo, hi]`), widen it, or draw that input yourself"
+            "drawing stops here rather than test almost nothing. Only bounds on every element of an input "
+            "(`all(x >= 0)`, `x in [lo, hi]`) narrow what is drawn; a bound on one element (`x[0] >= 0.99`) "
+            "or a relation filters. Give the input's type a range that keeps it, widen it, or draw that input "
+            "yourself"
         )
 
 

@@ -255,6 +255,7 @@ def test_a_requires_that_rejects_almost_everything_stops_drawing_naming_it(load_
         run()
     assert raised.value.clause == "exact"
     assert raised.value.rate > 0.9
+    assert "a bound on one element (`x[0] >= 0.99`)" in str(raised.value), "the hint says what narrows"
 
 
 def test_keep_names_blames_the_clause_that_starves(load_spec):
