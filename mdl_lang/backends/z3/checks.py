@@ -59,6 +59,12 @@ def _relaxed(outcome: Outcome, vote: str) -> Outcome:
     ), free=outcome.free)
 
 
+def _counter(outcome: Outcome, kept: str, broken: str) -> str:
+    """A refutation's counter-model in spec terms: its values, what they keep and what they break."""
+    return (f"{render_model(outcome.model)} {verb(outcome.model, 'satisfies', 'satisfy')} {kept} but "
+            f"{verb(outcome.model, 'breaks', 'break')} {broken}")
+
+
 class Misfit(NamedTuple):
     """What a refuted fit reports: its code, message, blame, notes and help."""
 
@@ -431,11 +437,11 @@ class SpecProofs:
                       renamings: tuple[Note, ...]) -> None:
         owner = obligation.composition or f"{left} >> {right}"
 
-        def misfit(model: str) -> Misfit:
+        def misfit() -> Misfit:
             return Misfit(
                 "E0602",
-                f"`{left} >> {right}`: the parts do not fit: {model} {verb(outcome.model, 'satisfies', 'satisfy')} "
-                f"`{left}`'s ensures but {verb(outcome.model, 'breaks', 'break')} `{right}`'s {goal.text}",
+                f"`{left} >> {right}`: the parts do not fit: "
+                + _counter(outcome, f"`{left}`'s ensures", f"`{right}`'s {goal.text}"),
                 Blame(owner, Role.COMPOSITION, (owner, right), f"`{left}` promises too little for `{right}`"),
                 (Note(f"`{right}` requires this", goal.span), *renamings),
                 f"strengthen the ensures of `{left}`, weaken the requires of `{right}`, or put a stage between "
@@ -446,7 +452,7 @@ class SpecProofs:
                      f"`{left}`'s ensures imply `{right}`'s {goal.text}", misfit)
 
     def _settle(self, owner: str, goal: Goal, outcome: Outcome, span: Span, kind: str, question: str,
-                misfit: Callable[[str], Misfit]) -> None:
+                misfit: Callable[[], Misfit]) -> None:
         """Record the answer to whether `goal` holds: a pass, an unknown (W0601), or the misfit the counter-model
         shows, reported once at `span`."""
         if outcome.answer is Answer.PROVED:
@@ -455,7 +461,7 @@ class SpecProofs:
         if outcome.answer is Answer.UNKNOWN:
             self._unknown(owner, None, kind, f"whether {question}", outcome, span, goal)
             return
-        found = misfit(render_model(outcome.model))
+        found = misfit()
         self._goal_result(owner, goal, Verdict.FAIL, found.message, found.blame, kind)
         if self._once(found.code, span, goal.span):
             self.diagnostics.append(Diagnostic(found.code, found.message, span, notes=found.notes, help=found.help))
@@ -497,12 +503,11 @@ class SpecProofs:
                        renamings: tuple[Note, ...]) -> None:
         owner = whole.name
 
-        def misfit(model: str) -> Misfit:
+        def misfit() -> Misfit:
             return Misfit(
                 "W0602",
-                f"`{owner}` admits inputs its part `{part}` rejects: {model} "
-                f"{verb(outcome.model, 'satisfies', 'satisfy')} `{owner}`'s requires and input types but "
-                f"{verb(outcome.model, 'breaks', 'break')} `{part}`'s {goal.text}",
+                f"`{owner}` admits inputs its part `{part}` rejects: "
+                + _counter(outcome, f"`{owner}`'s requires and input types", f"`{part}`'s {goal.text}"),
                 Blame(owner, Role.COMPOSITION, (owner, part), f"its interface admits inputs `{part}` rejects"),
                 (Note(f"`{part}` requires this", goal.span), *renamings),
                 f"weaken the requires of `{part}`, or strengthen the requires or input types of `{owner}` "
@@ -565,12 +570,11 @@ class SpecProofs:
                               "output, and its value range alone does not settle it", None, "ensures")
             return
 
-        def misfit(model: str) -> Misfit:
+        def misfit() -> Misfit:
             return Misfit(
                 "W0603",
-                f"`{owner}`'s parts do not establish what it promises: {model} "
-                f"{verb(outcome.model, 'satisfies', 'satisfy')} the contracts of `{parts}` but "
-                f"{verb(outcome.model, 'breaks', 'break')} `{owner}`'s {goal.text}",
+                f"`{owner}`'s parts do not establish what it promises: "
+                + _counter(outcome, f"the contracts of `{parts}`", f"`{owner}`'s {goal.text}"),
                 Blame(owner, Role.COMPOSITION, (owner,), "its parts' contracts are too weak to establish it"),
                 (Note(f"`{owner}` promises this", goal.span),),
                 f"strengthen the ensures of `{last}` (its last part), weaken what `{owner}` promises, or add a "

@@ -36,19 +36,7 @@ module n : Narrow {}
 module w : Wide {}
 module lo : Loose {}
 """
-Check = Callable[..., CheckResult]
-
-
-@pytest.fixture
-def check(tmp_path: Path) -> Check:
-    """Check the shared declarations and `text` after them, in a fresh folder."""
-
-    def run(text: str, timeout_ms: int | None = None) -> CheckResult:
-        path = tmp_path / "spec.mdl"
-        path.write_text(HEADER + text, encoding="utf-8")
-        return check_paths([path], tmp_path, z3_timeout_ms=timeout_ms)
-
-    return run
+Check = Callable[..., CheckResult]  # the `check` fixture of conftest.py
 
 
 def warnings(result: CheckResult, code: str) -> list[Diagnostic]:

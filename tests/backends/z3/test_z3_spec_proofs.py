@@ -15,19 +15,7 @@ from mdl_lang.semantics.checker import CheckResult, check_paths
 
 REPO = Path(__file__).resolve().parents[3]
 HEADER = "spec proofs\ndim B : batch\n"
-Check = Callable[..., CheckResult]
-
-
-@pytest.fixture
-def check(tmp_path: Path) -> Check:
-    """Check a spec written as text (after a header declaring the batch dim) in a fresh folder."""
-
-    def run(text: str, timeout_ms: int | None = None) -> CheckResult:
-        path = tmp_path / "spec.mdl"
-        path.write_text(HEADER + text, encoding="utf-8")
-        return check_paths([path], tmp_path, z3_timeout_ms=timeout_ms)
-
-    return run
+Check = Callable[..., CheckResult]  # the `check` fixture of conftest.py
 
 
 def codes(result: CheckResult) -> list[str]:
